@@ -1,0 +1,1 @@
+"""Prefect flows: wiring only; the work happens in ``tasks/`` and the ``qmlops`` core."""

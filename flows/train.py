@@ -1,0 +1,127 @@
+"""The ``train`` flow: data → preprocessing → quantum + classical training → evaluation → MLflow."""
+
+from __future__ import annotations
+
+from typing import Any, cast
+
+from prefect import flow, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+
+from qmlops.classifier import QuantumClassifier
+from qmlops.config import CircuitConfig, DatasetConfig, TrackingConfig, TrainingConfig
+from tasks.data import load_dataset, preprocess_features
+from tasks.evaluation import evaluate_models
+from tasks.reporting import publish_summary
+from tasks.tracking import (
+    end_tracking_run,
+    log_evaluation,
+    log_model,
+    log_run_inputs,
+    log_training,
+    start_tracking_run,
+)
+from tasks.training import build_classifier, train_baselines, train_classifier
+
+
+@task(name="check-training-size", retries=0, cache_policy=NO_CACHE)
+def check_training_size(
+    prepared: Any, circuit: CircuitConfig, training: TrainingConfig, n_classes: int
+) -> None:
+    """Refuse oversized jobs before a tracking run is opened or a circuit is simulated."""
+    n_validation = 0 if prepared.X_val is None else prepared.X_val.shape[0]
+    build_classifier(circuit, training).plan(
+        prepared.X_train.shape[0], n_validation, prepared.X_train.shape[1], n_classes
+    )
+
+
+@flow(name="train", log_prints=True)
+def train(
+    dataset: DatasetConfig = DatasetConfig(),  # noqa: B008 - frozen pydantic defaults
+    circuit: CircuitConfig = CircuitConfig(),  # noqa: B008
+    training: TrainingConfig = TrainingConfig(),  # noqa: B008
+    tracking: TrackingConfig = TrackingConfig(),  # noqa: B008
+) -> dict[str, Any]:
+    """Train a variational quantum classifier and classical baselines, track everything.
+
+    Args:
+        dataset: Which data and how to split and encode it.
+        circuit: Feature map and ansatz.
+        training: Optimizer and simulator settings.
+        tracking: MLflow experiment, registered model name and tracking URI.
+
+    Returns:
+        The MLflow run id, model URI, registered version and test metrics per model.
+    """
+    data = load_dataset(dataset)
+    prepared = preprocess_features(data, dataset, circuit.n_qubits, training.random_state)
+    check_training_size(prepared, circuit, training, data.n_classes)
+
+    run = start_tracking_run(
+        tracking.tracking_uri,
+        tracking.experiment,
+        run_name=str(flow_run.name or "train"),
+        tags={
+            "prefect.flow_run_id": str(flow_run.id or ""),
+            "prefect.flow_run_name": str(flow_run.name or ""),
+            "prefect.flow_name": "train",
+        },
+    )
+    try:
+        log_run_inputs(
+            run,
+            {
+                "dataset": dataset.model_dump(),
+                "circuit": circuit.model_dump(),
+                "training": training.model_dump(),
+                "tracking": tracking.model_dump(exclude={"tracking_uri"}),
+            },
+            data,
+        )
+        classifier = cast(QuantumClassifier, train_classifier(prepared, circuit, training))
+        baselines = train_baselines(prepared, training.random_state)
+        evaluations = evaluate_models({"quantum": classifier, **baselines}, prepared)
+        log_training(run, classifier)
+        log_evaluation(run, evaluations)
+        model = log_model(
+            run,
+            classifier,
+            prepared,
+            list(data.feature_names),
+            tracking.model_name,
+            tracking.register_model,
+        )
+        publish_summary(
+            evaluations,
+            {
+                "dataset": f"{data.name} (fingerprint {data.fingerprint[:12]})",
+                "MLflow run": f"{run.run_id} in {run.tracking_uri}",
+                "model": model.model_uri
+                + (
+                    f" registered as {model.registered_name} v{model.registered_version}"
+                    if model.registered_version
+                    else ""
+                ),
+                "training": f"{classifier.n_iter_} iterations on {classifier.backend_} in "
+                f"{classifier.fit_time_:.2f} s",
+            },
+        )
+    except BaseException as error:
+        end_tracking_run(run, "FAILED", f"{type(error).__name__}: {error}")
+        raise
+    end_tracking_run(run, "FINISHED")
+    return {
+        "run_id": run.run_id,
+        "tracking_uri": run.tracking_uri,
+        "experiment_id": run.experiment_id,
+        "model_uri": model.model_uri,
+        "registered_model": model.registered_name,
+        "registered_version": model.registered_version,
+        "metrics": {name: evaluation["metrics"] for name, evaluation in evaluations.items()},
+        "fit_time_s": classifier.fit_time_,
+        "backend": classifier.backend_,
+    }
+
+
+if __name__ == "__main__":
+    train()

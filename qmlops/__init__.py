@@ -1,0 +1,26 @@
+"""qmlops core: data, circuits, the quantum classifier, training and metrics.
+
+This package imports neither Prefect nor MLflow, so everything here can be used and tested
+on its own; orchestration lives in ``tasks/`` and ``flows/``.
+"""
+
+from qmlops.classifier import QuantumClassifier
+from qmlops.errors import (
+    ConfigurationError,
+    DatasetError,
+    InputError,
+    ModelFormatError,
+    SimulationError,
+    SizeLimitError,
+)
+
+__all__ = [
+    "ConfigurationError",
+    "DatasetError",
+    "InputError",
+    "ModelFormatError",
+    "QuantumClassifier",
+    "SimulationError",
+    "SizeLimitError",
+]
+__version__ = "0.1.0"

@@ -1,0 +1,265 @@
+"""Parameterised circuits: feature maps, ansätze, the class readout and resource estimates.
+
+Circuits are built with Qiskit 2's function-style circuit library. A :class:`CircuitSpec` is
+the plain, JSON-serialisable description of a classifier's circuit; every circuit object is
+rebuilt from it, so models are stored as a description plus weights, never as pickles.
+
+Readout: a measured bitstring ``b`` votes for class ``popcount(b) mod n_classes``. For two
+classes this is the parity of all qubits (a global, balanced observable); for ``K`` classes the
+Hamming weights ``0..n`` are dealt round-robin over the classes, which needs
+``K <= n_qubits + 1``. A class's score is the total probability of its bitstrings, so the scores
+of one sample are non-negative and sum to one.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass
+from typing import Any, Literal, get_args
+
+import numpy as np
+from qiskit import QuantumCircuit
+from qiskit.circuit.library import (
+    efficient_su2,
+    pauli_feature_map,
+    real_amplitudes,
+    z_feature_map,
+    zz_feature_map,
+)
+
+from qmlops.errors import ConfigurationError, SizeLimitError
+
+FeatureMapName = Literal["zz", "z", "pauli"]
+AnsatzName = Literal["real_amplitudes", "efficient_su2"]
+EntanglementName = Literal["reverse_linear", "linear", "full", "circular", "pairwise"]
+
+FEATURE_MAPS: tuple[str, ...] = get_args(FeatureMapName)
+ANSATZE: tuple[str, ...] = get_args(AnsatzName)
+ENTANGLEMENTS: tuple[str, ...] = get_args(EntanglementName)
+
+FEATURE_PREFIX = "x"
+WEIGHT_PREFIX = "θ"
+COMPLEX_BYTES = 16
+MAX_QUBITS = 30
+
+
+def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ConfigurationError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
+
+
+def _check_int(name: str, value: int, low: int, high: int) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | np.integer)
+        or not (low <= value <= high)
+    ):
+        raise ConfigurationError(f"{name} must be an integer in [{low}, {high}], got {value!r}")
+
+
+@dataclass(frozen=True)
+class CircuitSpec:
+    """Plain description of a classifier circuit (feature map followed by an ansatz).
+
+    Attributes:
+        n_qubits: Number of qubits; equals the number of input features.
+        n_classes: Number of classes read out (see the module docstring for the mapping).
+        feature_map: ``"zz"`` (second-order Pauli-Z evolution), ``"z"`` (first order, no
+            entanglement) or ``"pauli"`` (Pauli evolution over ``paulis``).
+        feature_map_reps: Repetitions of the feature map.
+        ansatz: ``"real_amplitudes"`` (RY + CX) or ``"efficient_su2"`` (RY, RZ + CX).
+        ansatz_reps: Repetitions of the ansatz.
+        entanglement: Entangling pattern used by the feature map and the ansatz.
+        paulis: Comma-separated Pauli strings of the ``"pauli"`` feature map.
+    """
+
+    n_qubits: int
+    n_classes: int
+    feature_map: str = "zz"
+    feature_map_reps: int = 1
+    ansatz: str = "real_amplitudes"
+    ansatz_reps: int = 3
+    entanglement: str = "reverse_linear"
+    paulis: str = "Y,ZZ"
+
+    def __post_init__(self) -> None:
+        _check_int("n_qubits", self.n_qubits, 1, MAX_QUBITS)
+        _check_int("n_classes", self.n_classes, 2, 2**MAX_QUBITS)
+        _check_choice("feature map", self.feature_map, FEATURE_MAPS)
+        _check_choice("ansatz", self.ansatz, ANSATZE)
+        _check_choice("entanglement", self.entanglement, ENTANGLEMENTS)
+        _check_int("feature_map_reps", self.feature_map_reps, 1, 20)
+        _check_int("ansatz_reps", self.ansatz_reps, 1, 50)
+        if self.n_classes > self.n_qubits + 1:
+            raise ConfigurationError(
+                f"{self.n_classes} classes need at least {self.n_classes - 1} qubits with the "
+                f"Hamming-weight readout; got n_qubits={self.n_qubits}"
+            )
+        paulis = [p.strip() for p in self.paulis.split(",") if p.strip()]
+        if not paulis or any(set(p) - set("XYZ") or len(p) > self.n_qubits for p in paulis):
+            raise ConfigurationError(
+                f"paulis must be comma-separated strings of X, Y, Z of at most n_qubits "
+                f"letters, got {self.paulis!r}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """Return the description as a JSON-serialisable dict."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> CircuitSpec:
+        """Rebuild a description from :meth:`to_dict` output.
+
+        Raises:
+            ConfigurationError: If a field is missing, unknown or invalid.
+        """
+        try:
+            return cls(**data)
+        except TypeError as error:
+            raise ConfigurationError(f"invalid circuit description: {error}") from None
+
+    def feature_map_circuit(self) -> QuantumCircuit:
+        """Build the data-encoding circuit, parameterised by ``x[0..n_qubits-1]``."""
+        common: dict[str, Any] = {"reps": self.feature_map_reps, "parameter_prefix": FEATURE_PREFIX}
+        if self.feature_map == "z":
+            return z_feature_map(self.n_qubits, **common)
+        if self.feature_map == "zz":
+            return zz_feature_map(self.n_qubits, entanglement=self.entanglement, **common)
+        paulis = [p.strip() for p in self.paulis.split(",") if p.strip()]
+        return pauli_feature_map(
+            self.n_qubits, entanglement=self.entanglement, paulis=paulis, **common
+        )
+
+    def ansatz_circuit(self) -> QuantumCircuit:
+        """Build the trainable circuit, parameterised by ``θ[0..n_weights-1]``."""
+        builder = real_amplitudes if self.ansatz == "real_amplitudes" else efficient_su2
+        return builder(
+            self.n_qubits,
+            reps=self.ansatz_reps,
+            entanglement=self.entanglement,
+            parameter_prefix=WEIGHT_PREFIX,
+        )
+
+    def circuit(self) -> QuantumCircuit:
+        """Build the whole classifier circuit (feature map, then ansatz), without measurements."""
+        return self.feature_map_circuit().compose(self.ansatz_circuit())
+
+    @property
+    def n_weights(self) -> int:
+        """Number of trainable parameters."""
+        return int(self.ansatz_circuit().num_parameters)
+
+    def class_of_outcome(self) -> np.ndarray:
+        """Class index voted for by each computational basis state (length ``2**n_qubits``)."""
+        return class_of_outcome(self.n_qubits, self.n_classes)
+
+
+def class_of_outcome(n_qubits: int, n_classes: int) -> np.ndarray:
+    """Map each basis-state index to a class: Hamming weight modulo ``n_classes``.
+
+    Args:
+        n_qubits: Number of measured qubits.
+        n_classes: Number of classes.
+
+    Returns:
+        Integer array of length ``2**n_qubits``.
+    """
+    outcomes = np.arange(2**n_qubits, dtype=np.uint64)
+    weights = np.zeros(outcomes.shape, dtype=np.int64)
+    for bit in range(n_qubits):
+        weights += ((outcomes >> np.uint64(bit)) & np.uint64(1)).astype(np.int64)
+    return weights % n_classes
+
+
+def circuit_summary(spec: CircuitSpec) -> dict[str, int]:
+    """Width, depth and parameter counts of the classifier circuit (decomposed to basic gates)."""
+    circuit = spec.circuit()
+    decomposed = circuit.decompose(reps=3)
+    return {
+        "circuit_width": int(circuit.num_qubits),
+        "circuit_depth": int(decomposed.depth()),
+        "circuit_parameters": int(spec.n_weights),
+        "circuit_gates": int(sum(decomposed.count_ops().values())),
+    }
+
+
+def available_memory_bytes() -> int:
+    """Physical memory of this machine in bytes (0 if it cannot be read)."""
+    try:
+        return int(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES"))
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
+def default_memory_limit_bytes() -> int:
+    """Default size-guard limit: half of this machine's physical memory (4 GiB if unknown)."""
+    total = available_memory_bytes()
+    return total // 2 if total else 4 * 2**30
+
+
+@dataclass(frozen=True)
+class ResourceEstimate:
+    """What a training or inference job will cost before anything is simulated."""
+
+    n_qubits: int
+    statevector_bytes: int
+    peak_memory_bytes: int
+    circuit_evaluations: int
+
+
+def estimate_resources(
+    n_qubits: int, n_states_held: int, circuit_evaluations: int
+) -> ResourceEstimate:
+    """Estimate peak memory and circuit evaluations of a job.
+
+    Args:
+        n_qubits: Circuit width.
+        n_states_held: Statevectors held in memory at once (cached encodings plus the working
+            batch); at least 2 are always counted (state and scratch copy).
+        circuit_evaluations: Circuit executions the job will run.
+
+    Returns:
+        The estimate.
+    """
+    statevector_bytes = COMPLEX_BYTES * 2**n_qubits
+    return ResourceEstimate(
+        n_qubits=n_qubits,
+        statevector_bytes=statevector_bytes,
+        peak_memory_bytes=statevector_bytes * max(2, n_states_held),
+        circuit_evaluations=circuit_evaluations,
+    )
+
+
+def check_resources(
+    estimate: ResourceEstimate, max_memory_bytes: int | None, max_circuit_evaluations: int | None
+) -> None:
+    """Refuse a job whose estimate exceeds the limits.
+
+    Args:
+        estimate: From :func:`estimate_resources`.
+        max_memory_bytes: Memory limit; ``None`` means half of this machine's memory.
+        max_circuit_evaluations: Evaluation limit; ``None`` means no limit.
+
+    Raises:
+        SizeLimitError: If a limit would be exceeded.
+    """
+    memory_limit = default_memory_limit_bytes() if max_memory_bytes is None else max_memory_bytes
+    if estimate.peak_memory_bytes > memory_limit:
+        raise SizeLimitError(
+            f"{estimate.n_qubits} qubits need about {_gib(estimate.peak_memory_bytes)} of "
+            f"statevector memory ({_gib(estimate.statevector_bytes)} per state), over the limit "
+            f"of {_gib(memory_limit)}; use fewer qubits or raise max_memory_bytes"
+        )
+    if (
+        max_circuit_evaluations is not None
+        and estimate.circuit_evaluations > max_circuit_evaluations
+    ):
+        raise SizeLimitError(
+            f"the job needs {estimate.circuit_evaluations:,} circuit evaluations, over the limit "
+            f"of {max_circuit_evaluations:,}; lower maxiter, the sample count or raise "
+            "max_circuit_evaluations"
+        )
+
+
+def _gib(n_bytes: int) -> str:
+    return f"{n_bytes / 2**30:.3g} GiB"

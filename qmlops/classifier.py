@@ -1,0 +1,354 @@
+"""The variational quantum classifier as a scikit-learn estimator."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import numpy as np
+from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
+
+from qmlops.circuits import CircuitSpec, ResourceEstimate, check_resources, estimate_resources
+from qmlops.errors import ConfigurationError, ModelFormatError
+from qmlops.simulation import BACKENDS, CircuitEvaluator
+from qmlops.training import (
+    OPTIMIZERS,
+    IterationRecord,
+    Objective,
+    ProgressCallback,
+    optimize,
+    steps_per_iteration,
+)
+
+MODEL_FORMAT_VERSION = 1
+
+
+class QuantumClassifier(ClassifierMixin, BaseEstimator):
+    """Variational quantum classifier: feature map, trainable ansatz, Hamming-weight readout.
+
+    ``__init__`` only stores its arguments; :meth:`fit` validates them, builds the circuits and
+    the simulator, and trains. Inputs are encoding angles, one feature per qubit (see
+    :func:`qmlops.preprocessing.make_preprocessor`). See :mod:`qmlops.circuits` for the readout.
+
+    Args:
+        feature_map: ``"zz"``, ``"z"`` or ``"pauli"``.
+        feature_map_reps: Repetitions of the feature map.
+        ansatz: ``"real_amplitudes"`` or ``"efficient_su2"``.
+        ansatz_reps: Repetitions of the ansatz.
+        entanglement: ``"reverse_linear"``, ``"linear"``, ``"full"``, ``"circular"`` or
+            ``"pairwise"``.
+        optimizer: ``"adam"`` (parameter-shift gradients), ``"spsa"`` or ``"cobyla"``.
+        maxiter: Optimizer iterations (COBYLA: objective evaluations).
+        learning_rate: Adam step size, SPSA initial gain, COBYLA initial trust radius.
+        batch_size: Training samples per Adam/SPSA step (a seeded mini-batch drawn each step);
+            ``None`` uses all samples. COBYLA always uses all samples.
+        shots: ``None`` for exact probabilities, else measurement shots per circuit.
+        backend: ``"auto"``, ``"numpy"`` or ``"aer"`` (see :mod:`qmlops.simulation`).
+        simulator_threads: Threads the simulator may use (``0``: all cores).
+        max_memory_bytes: Size guard on statevector memory (``None``: half of this machine).
+        max_circuit_evaluations: Size guard on circuit evaluations (``None``: no limit).
+        random_state: Seeds the initial weights and the shot sampler.
+        callback: Called with an :class:`~qmlops.training.IterationRecord` after each iteration.
+
+    Attributes:
+        classes_: Class labels seen in ``fit``.
+        n_features_in_: Number of features (= qubits).
+        spec_: The :class:`~qmlops.circuits.CircuitSpec` of the trained circuit.
+        initial_weights_: Starting weights.
+        weights_: Trained weights.
+        loss_curve_: Training loss at the initial point and after every iteration.
+        train_accuracy_curve_: Training accuracy at the same points.
+        validation_accuracy_curve_: Validation accuracy at the same points (empty without
+            validation data).
+        n_iter_: Iterations run.
+        backend_: Engine that ran the simulation (``"numpy"`` or ``"aer"``).
+        circuit_evaluations_: Circuits executed during ``fit``.
+        primitive_calls_: Batched simulator calls during ``fit``.
+        fit_time_: Wall time of ``fit`` in seconds.
+    """
+
+    def __init__(
+        self,
+        feature_map: str = "z",
+        feature_map_reps: int = 1,
+        ansatz: str = "efficient_su2",
+        ansatz_reps: int = 2,
+        entanglement: str = "reverse_linear",
+        optimizer: str = "adam",
+        maxiter: int = 100,
+        learning_rate: float = 0.1,
+        batch_size: int | None = 48,
+        shots: int | None = None,
+        backend: str = "auto",
+        simulator_threads: int = 0,
+        max_memory_bytes: int | None = None,
+        max_circuit_evaluations: int | None = None,
+        random_state: int | None = None,
+        callback: ProgressCallback | None = None,
+    ) -> None:
+        self.feature_map = feature_map
+        self.feature_map_reps = feature_map_reps
+        self.ansatz = ansatz
+        self.ansatz_reps = ansatz_reps
+        self.entanglement = entanglement
+        self.optimizer = optimizer
+        self.maxiter = maxiter
+        self.learning_rate = learning_rate
+        self.batch_size = batch_size
+        self.shots = shots
+        self.backend = backend
+        self.simulator_threads = simulator_threads
+        self.max_memory_bytes = max_memory_bytes
+        self.max_circuit_evaluations = max_circuit_evaluations
+        self.random_state = random_state
+        self.callback = callback
+
+    # -- validation ---------------------------------------------------------------------
+
+    def _check_params(self) -> None:
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigurationError(
+                f"unknown optimizer {self.optimizer!r}; choose one of {', '.join(OPTIMIZERS)}"
+            )
+        if self.backend not in BACKENDS:
+            raise ConfigurationError(
+                f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}"
+            )
+        _check_integer("maxiter", self.maxiter, 1, 100_000)
+        _check_integer("simulator_threads", self.simulator_threads, 0, 1024)
+        if self.batch_size is not None:
+            _check_integer("batch_size", self.batch_size, 1, 10_000_000)
+        if self.shots is not None:
+            _check_integer("shots", self.shots, 1, 10_000_000)
+        if not (
+            isinstance(self.learning_rate, int | float)
+            and np.isfinite(self.learning_rate)
+            and 0 < self.learning_rate <= 10
+        ):
+            raise ConfigurationError(
+                f"learning_rate must be a number in (0, 10], got {self.learning_rate!r}"
+            )
+
+    def _spec(self, n_qubits: int, n_classes: int) -> CircuitSpec:
+        return CircuitSpec(
+            n_qubits=n_qubits,
+            n_classes=n_classes,
+            feature_map=self.feature_map,
+            feature_map_reps=self.feature_map_reps,
+            ansatz=self.ansatz,
+            ansatz_reps=self.ansatz_reps,
+            entanglement=self.entanglement,
+        )
+
+    def _evaluator(self, spec: CircuitSpec, seed: int) -> CircuitEvaluator:
+        return CircuitEvaluator(
+            spec,
+            shots=self.shots,
+            backend=self.backend,
+            seed=seed,
+            simulator_threads=self.simulator_threads,
+        )
+
+    # -- estimator API ------------------------------------------------------------------
+
+    def fit(
+        self,
+        X: Any,
+        y: Any,
+        validation_data: tuple[Any, Any] | None = None,
+    ) -> QuantumClassifier:
+        """Build the circuit for the data and train its weights.
+
+        Args:
+            X: Encoding angles ``(n_samples, n_qubits)``.
+            y: Class labels (numbers or strings).
+            validation_data: Optional ``(X_val, y_val)`` monitored at every iteration.
+
+        Returns:
+            The fitted estimator.
+
+        Raises:
+            ConfigurationError: For invalid hyper-parameters.
+            SizeLimitError: If the job exceeds the size guard.
+            ValueError: For invalid data (NaN, wrong shape, a single class).
+        """
+        started = time.perf_counter()
+        X, y = validate_data(self, X, y)
+        check_classification_targets(y)
+        self.classes_, targets = np.unique(y, return_inverse=True)
+        if self.classes_.shape[0] < 2:
+            raise ValueError(
+                f"the training data hold a single class ({self.classes_[0]!r}); need at least 2"
+            )
+        n_validation = 0 if validation_data is None else len(validation_data[0])
+        spec, _ = self.plan(X.shape[0], n_validation, X.shape[1], self.classes_.shape[0])
+        validation = None
+        if validation_data is not None:
+            X_val = validate_data(self, validation_data[0], reset=False)
+            y_val = np.asarray(validation_data[1])
+            known = np.isin(y_val, self.classes_)
+            validation = (X_val[known], np.searchsorted(self.classes_, y_val[known]))
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(2**31 - 1))
+        evaluator = self._evaluator(spec, seed=seed)
+
+        generator = np.random.default_rng(seed)
+        initial = generator.uniform(-np.pi, np.pi, spec.n_weights)
+        batch_size = None if self.optimizer == "cobyla" else self.batch_size
+        objective = Objective(evaluator, X, targets, validation, batch_size, generator)
+        result = optimize(
+            objective,
+            initial,
+            optimizer=self.optimizer,
+            maxiter=self.maxiter,
+            learning_rate=float(self.learning_rate),
+            rng=generator,
+            callback=self.callback,
+        )
+        self._set_fitted(spec, result.weights, evaluator)
+        self.initial_weights_ = initial
+        self._set_history(result.history)
+        self.backend_ = evaluator.backend
+        self.circuit_evaluations_ = evaluator.counters.circuit_evaluations
+        self.primitive_calls_ = evaluator.counters.primitive_calls
+        self.fit_time_ = time.perf_counter() - started
+        return self
+
+    def plan(
+        self, n_samples: int, n_validation: int, n_features: int, n_classes: int
+    ) -> tuple[CircuitSpec, ResourceEstimate]:
+        """Check the hyper-parameters and the size guard for a data shape, simulating nothing.
+
+        Args:
+            n_samples: Training samples.
+            n_validation: Validation samples monitored per iteration.
+            n_features: Features (= qubits).
+            n_classes: Classes.
+
+        Returns:
+            The circuit description and the resource estimate.
+
+        Raises:
+            ConfigurationError: For invalid hyper-parameters.
+            SizeLimitError: If the job exceeds the size guard.
+        """
+        self._check_params()
+        spec = self._spec(n_features, n_classes)
+        per_step = steps_per_iteration(self.optimizer, spec.n_weights)
+        batch = (
+            n_samples
+            if self.optimizer == "cobyla"
+            else min(n_samples, self.batch_size or n_samples)
+        )
+        # The numpy engine keeps every sample's encoded state; both engines hold a working batch.
+        cached = n_samples + n_validation if self.shots is None else 0
+        estimate = estimate_resources(
+            spec.n_qubits,
+            n_states_held=cached + 2,
+            circuit_evaluations=self.maxiter * (per_step * batch + n_validation)
+            + n_samples
+            + n_validation,
+        )
+        check_resources(estimate, self.max_memory_bytes, self.max_circuit_evaluations)
+        return spec, estimate
+
+    def _set_fitted(self, spec: CircuitSpec, weights: np.ndarray, evaluator: CircuitEvaluator):
+        self.spec_ = spec
+        self.weights_ = np.asarray(weights, dtype=np.float64)
+        self._evaluator_ = evaluator
+
+    def _set_history(self, history: list[IterationRecord]) -> None:
+        self.loss_curve_ = [r.loss for r in history]
+        self.train_accuracy_curve_ = [r.train_accuracy for r in history]
+        self.validation_accuracy_curve_ = [
+            r.validation_accuracy for r in history if r.validation_accuracy is not None
+        ]
+        self.n_iter_ = max(0, len(history) - 1)
+
+    def predict_proba(self, X: Any) -> np.ndarray:
+        """Class probabilities, columns ordered as ``classes_``.
+
+        Args:
+            X: Encoding angles ``(n_samples, n_qubits)``.
+
+        Returns:
+            Array ``(n_samples, n_classes)``; rows sum to one.
+        """
+        check_is_fitted(self)
+        X = validate_data(self, X, reset=False)
+        return self._evaluator_.class_probabilities([(X, self.weights_[None, :])])[0][0]
+
+    def predict(self, X: Any) -> np.ndarray:
+        """Most probable class of each sample.
+
+        Args:
+            X: Encoding angles ``(n_samples, n_qubits)``.
+
+        Returns:
+            Labels drawn from ``classes_``.
+        """
+        return np.asarray(self.classes_[self.predict_proba(X).argmax(axis=1)])
+
+    @property
+    def circuit_(self) -> Any:
+        """The trained circuit with its weights bound (feature parameters left free)."""
+        check_is_fitted(self)
+        ansatz = self.spec_.ansatz_circuit().assign_parameters(self.weights_)
+        return self.spec_.feature_map_circuit().compose(ansatz)
+
+    # -- plain-data serialisation (no pickle) -------------------------------------------
+
+    def to_state(self) -> dict[str, Any]:
+        """Return the fitted model as plain JSON data: circuit description, weights, classes."""
+        check_is_fitted(self)
+        params = self.get_params()
+        params.pop("callback")
+        return {
+            "format_version": MODEL_FORMAT_VERSION,
+            "params": params,
+            "spec": self.spec_.to_dict(),
+            "classes": self.classes_.tolist(),
+            "weights": self.weights_.tolist(),
+        }
+
+    @classmethod
+    def from_state(cls, state: dict[str, Any]) -> QuantumClassifier:
+        """Rebuild a fitted classifier from :meth:`to_state` output, without training.
+
+        Raises:
+            ModelFormatError: If the state is malformed or from an unknown format version.
+        """
+        try:
+            if state["format_version"] != MODEL_FORMAT_VERSION:
+                raise ModelFormatError(f"unsupported model format {state['format_version']!r}")
+            model = cls(**state["params"])
+            spec = CircuitSpec.from_dict(state["spec"])
+            weights = np.asarray(state["weights"], dtype=np.float64)
+            classes = np.asarray(state["classes"])
+        except (KeyError, TypeError, ValueError) as error:
+            if isinstance(error, ModelFormatError):
+                raise
+            raise ModelFormatError(f"malformed model state: {error!r}") from None
+        if weights.shape != (spec.n_weights,) or classes.shape[0] != spec.n_classes:
+            raise ModelFormatError("model weights or classes do not match its circuit")
+        model.classes_ = classes
+        model.n_features_in_ = spec.n_qubits
+        seed = int(check_random_state(model.random_state).randint(2**31 - 1))
+        model._set_fitted(spec, weights, model._evaluator(spec, seed=seed))
+        return model
+
+    def __sklearn_tags__(self) -> Any:
+        tags = super().__sklearn_tags__()
+        tags.non_deterministic = self.shots is not None
+        return tags
+
+
+def _check_integer(name: str, value: Any, low: int, high: int) -> None:
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | np.integer)
+        or not (low <= value <= high)
+    ):
+        raise ConfigurationError(f"{name} must be an integer in [{low}, {high}], got {value!r}")

@@ -1,0 +1,103 @@
+"""Typed configuration: the flow parameters, validated at the boundary.
+
+Each model is strict, frozen and forbids unknown fields; Prefect renders them as a form with
+bounds, choices and descriptions. Field names of :class:`CircuitConfig` and
+:class:`TrainingConfig` equal the :class:`~qmlops.classifier.QuantumClassifier` parameter
+names, so the estimator is built from ``**circuit.model_dump(), **training.model_dump()``.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+DatasetName = Literal["iris", "wine", "breast_cancer", "moons", "circles", "ad_hoc"]
+
+
+class _Config(BaseModel):
+    model_config = ConfigDict(strict=True, frozen=True, extra="forbid")
+
+
+class DatasetConfig(_Config):
+    """Which data to train on and how to split and encode it."""
+
+    name: DatasetName = Field("iris", description="Built-in dataset; ignored when `path` is set.")
+    path: str | None = Field(
+        None, description="CSV or Parquet file with one row per sample (overrides `name`)."
+    )
+    target: str | None = Field(
+        None, description="Name of the label column in `path` (required with `path`)."
+    )
+    n_samples: int = Field(
+        200, ge=20, le=100_000, description="Samples generated for moons, circles and ad_hoc."
+    )
+    test_size: float = Field(0.2, gt=0.0, lt=0.9, description="Held-out test fraction.")
+    validation_size: float = Field(
+        0.0, ge=0.0, lt=0.5, description="Fraction of the training split monitored per iteration."
+    )
+    encoding_scale: float = Field(
+        2.2, gt=0.0, le=6.3, description="Features are scaled to [0, encoding_scale] radians."
+    )
+
+    @model_validator(mode="after")
+    def _path_needs_target(self) -> DatasetConfig:
+        if self.path is not None and not self.target:
+            raise ValueError("`target` (the label column) is required when `path` is set")
+        return self
+
+
+class CircuitConfig(_Config):
+    """The variational circuit: feature map and ansatz."""
+
+    n_qubits: int = Field(
+        4, ge=1, le=24, description="Qubits; features are reduced to this many (PCA)."
+    )
+    feature_map: Literal["z", "zz", "pauli"] = Field("z", description="Data encoding circuit.")
+    feature_map_reps: int = Field(1, ge=1, le=10, description="Feature-map repetitions.")
+    ansatz: Literal["efficient_su2", "real_amplitudes"] = Field(
+        "efficient_su2", description="Trainable circuit."
+    )
+    ansatz_reps: int = Field(2, ge=1, le=20, description="Ansatz repetitions.")
+    entanglement: Literal["reverse_linear", "linear", "full", "circular", "pairwise"] = Field(
+        "reverse_linear", description="Entangling pattern."
+    )
+
+
+class TrainingConfig(_Config):
+    """Optimizer and simulator settings."""
+
+    optimizer: Literal["adam", "spsa", "cobyla"] = Field(
+        "adam", description="adam uses exact parameter-shift gradients."
+    )
+    maxiter: int = Field(100, ge=1, le=10_000, description="Optimizer iterations.")
+    learning_rate: float = Field(
+        0.1, gt=0.0, le=10.0, description="Adam step, SPSA gain, COBYLA trust radius."
+    )
+    batch_size: int | None = Field(
+        48, ge=1, le=100_000, description="Samples per step (empty: the whole training set)."
+    )
+    shots: int | None = Field(
+        None, ge=1, le=1_000_000, description="Measurement shots (empty: exact probabilities)."
+    )
+    backend: Literal["auto", "numpy", "aer"] = Field("auto", description="Simulation engine.")
+    random_state: int = Field(42, ge=0, le=2**31 - 1, description="Seeds split and training.")
+
+
+class TrackingConfig(_Config):
+    """Where and under which names results are recorded."""
+
+    experiment: str = Field(
+        "qmlops", min_length=1, max_length=200, description="MLflow experiment name."
+    )
+    model_name: str = Field(
+        "qmlops-classifier",
+        min_length=1,
+        max_length=200,
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
+        description="Registered model name.",
+    )
+    register_model: bool = Field(True, description="Register the model in the MLflow registry.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlruns)."
+    )

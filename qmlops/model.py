@@ -1,0 +1,98 @@
+"""The deployable model: angle encoder + quantum classifier as one plain-JSON document.
+
+The document holds numbers and a circuit description only (no pickle) and carries a SHA-256
+of its canonical content, verified before the model is used.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from sklearn.pipeline import Pipeline
+
+from qmlops.classifier import QuantumClassifier
+from qmlops.errors import DatasetError, ModelFormatError
+from qmlops.preprocessing import AngleEncoder, preprocessor_to_state
+
+DOCUMENT_KIND = "qmlops.quantum-classifier"
+
+
+def _digest(body: dict[str, Any]) -> str:
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def model_document(
+    preprocessor: Pipeline, classifier: QuantumClassifier, feature_names: Sequence[str]
+) -> dict[str, Any]:
+    """Describe a fitted preprocessor + classifier as plain JSON data with a content hash."""
+    body = {
+        "kind": DOCUMENT_KIND,
+        "feature_names": list(feature_names),
+        "preprocessor": preprocessor_to_state(preprocessor),
+        "classifier": classifier.to_state(),
+    }
+    return {"body": body, "sha256": _digest(body)}
+
+
+class QuantumModel:
+    """A loaded model that maps raw feature rows to labels.
+
+    Args:
+        document: Output of :func:`model_document`.
+
+    Raises:
+        ModelFormatError: If the document is malformed or its hash does not match.
+    """
+
+    def __init__(self, document: dict[str, Any]) -> None:
+        if not isinstance(document, dict) or "body" not in document or "sha256" not in document:
+            raise ModelFormatError("not a qmlops model document")
+        body = document["body"]
+        try:
+            digest = _digest(body)
+        except (TypeError, ValueError) as error:
+            raise ModelFormatError(f"model document is not plain JSON data: {error}") from None
+        if digest != document["sha256"]:
+            raise ModelFormatError("model document failed its integrity check (sha256 mismatch)")
+        if body.get("kind") != DOCUMENT_KIND:
+            raise ModelFormatError(f"unknown model kind {body.get('kind')!r}")
+        self.feature_names: list[str] = list(body["feature_names"])
+        self.encoder = AngleEncoder(body["preprocessor"])
+        self.classifier = QuantumClassifier.from_state(body["classifier"])
+
+    @classmethod
+    def load(cls, path: str | Path) -> QuantumModel:
+        """Read a model document from a JSON file."""
+        try:
+            document = json.loads(Path(path).read_text())
+        except (OSError, json.JSONDecodeError) as error:
+            raise ModelFormatError(f"cannot read model file {path}: {error}") from None
+        return cls(document)
+
+    def _angles(self, data: pd.DataFrame | np.ndarray) -> np.ndarray:
+        if isinstance(data, pd.DataFrame):
+            missing = [name for name in self.feature_names if name not in data.columns]
+            if missing:
+                raise DatasetError(f"input lacks the model's feature columns {missing}")
+            data = data[self.feature_names].to_numpy(dtype=np.float64)
+        return self.encoder.transform(np.asarray(data, dtype=np.float64))
+
+    def predict_proba(self, data: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Class probabilities ``(n_samples, n_classes)`` for raw features."""
+        return self.classifier.predict_proba(self._angles(data))
+
+    def predict(self, data: pd.DataFrame | np.ndarray) -> np.ndarray:
+        """Predicted labels for raw features."""
+        return self.classifier.predict(self._angles(data))
+
+    @property
+    def classes(self) -> list[str]:
+        """Class labels as strings, in probability-column order."""
+        return [str(c) for c in self.classifier.classes_]

@@ -1,0 +1,63 @@
+"""Figures for the experiment record (matplotlib, headless)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from qiskit import QuantumCircuit  # noqa: E402
+
+
+def training_curves_figure(
+    loss: Sequence[float],
+    train_accuracy: Sequence[float],
+    validation_accuracy: Sequence[float] = (),
+) -> Figure:
+    """Loss and accuracy per iteration."""
+    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    loss_axis.plot(range(len(loss)), loss, color="tab:blue")
+    loss_axis.set(xlabel="iteration", ylabel="cross-entropy loss", title="Training loss")
+    accuracy_axis.plot(range(len(train_accuracy)), train_accuracy, label="train (batch)")
+    if len(validation_accuracy):
+        accuracy_axis.plot(range(len(validation_accuracy)), validation_accuracy, label="validation")
+    accuracy_axis.set(xlabel="iteration", ylabel="accuracy", ylim=(0, 1.02), title="Accuracy")
+    accuracy_axis.legend()
+    figure.tight_layout()
+    return figure
+
+
+def confusion_matrix_figure(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> Figure:
+    """Annotated confusion matrix (rows: true class, columns: predicted class)."""
+    figure, axis = plt.subplots(figsize=(1.2 * len(labels) + 3, 1.2 * len(labels) + 2.5))
+    image = axis.imshow(matrix, cmap="Blues")
+    figure.colorbar(image, ax=axis)
+    axis.set(
+        xticks=range(len(labels)),
+        yticks=range(len(labels)),
+        xticklabels=labels,
+        yticklabels=labels,
+        xlabel="predicted",
+        ylabel="true",
+        title="Confusion matrix (test)",
+    )
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            axis.text(j, i, str(count), ha="center", va="center")
+    figure.tight_layout()
+    return figure
+
+
+def circuit_figure(circuit: QuantumCircuit) -> Figure:
+    """Circuit diagram (matplotlib drawer)."""
+    figure = circuit.draw(output="mpl", fold=40)
+    assert isinstance(figure, Figure)
+    return figure
+
+
+def close(figure: Figure) -> None:
+    """Release a figure's memory."""
+    plt.close(figure)

@@ -1,0 +1,269 @@
+"""Optimizers for the variational weights: Adam (parameter-shift gradients), SPSA and COBYLA.
+
+Each optimizer step makes ONE batched evaluator call: the current weights (on the training and
+the validation samples) plus, for Adam, all ``2P`` shifted weight points, or for SPSA the two
+perturbed points. The loss is the mean cross-entropy of the class probabilities.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal, get_args
+
+import numpy as np
+from scipy.optimize import minimize
+
+from qmlops.errors import ConfigurationError
+from qmlops.simulation import CircuitEvaluator
+
+OptimizerName = Literal["adam", "spsa", "cobyla"]
+OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
+
+_EPSILON = 1e-10
+_SHIFT = np.pi / 2
+
+
+@dataclass
+class IterationRecord:
+    """Metrics of one optimizer iteration, measured at the weights it started from."""
+
+    iteration: int
+    loss: float
+    train_accuracy: float
+    validation_accuracy: float | None
+
+
+@dataclass
+class TrainingResult:
+    """Final weights and the per-iteration history of a training run."""
+
+    weights: np.ndarray
+    history: list[IterationRecord] = field(default_factory=list)
+
+
+ProgressCallback = Callable[[IterationRecord], None]
+
+
+def cross_entropy(probabilities: np.ndarray, targets: np.ndarray) -> np.ndarray:
+    """Mean cross-entropy over samples for each weight point.
+
+    Args:
+        probabilities: Class probabilities ``(M, N, K)``.
+        targets: Class indices ``(N,)``.
+
+    Returns:
+        Loss per weight point ``(M,)``.
+    """
+    picked = probabilities[:, np.arange(targets.shape[0]), targets]
+    return np.asarray(-np.log(np.clip(picked, _EPSILON, 1.0)).mean(axis=1))
+
+
+class Objective:
+    """Evaluate weight points on the training data (and the current point on validation data).
+
+    Args:
+        evaluator: The circuit evaluator.
+        features: Training features ``(N, n_qubits)``.
+        targets: Training class indices ``(N,)``.
+        validation: Optional ``(features, targets)`` evaluated at the first point of each call.
+        batch_size: Training rows per call (a fresh seeded mini-batch each call); ``None``
+            evaluates all rows.
+        rng: Draws the mini-batches.
+    """
+
+    def __init__(
+        self,
+        evaluator: CircuitEvaluator,
+        features: np.ndarray,
+        targets: np.ndarray,
+        validation: tuple[np.ndarray, np.ndarray] | None = None,
+        batch_size: int | None = None,
+        rng: np.random.Generator | None = None,
+    ) -> None:
+        self.evaluator = evaluator
+        self.features = features
+        self.all_targets = targets
+        self.targets = targets
+        self.validation = validation
+        self.batch_size = batch_size
+        self._rng = rng or np.random.default_rng(0)
+
+    def next_batch(self) -> None:
+        """Draw the training rows used by the following calls (resampled every step)."""
+        n_rows = self.all_targets.shape[0]
+        if self.batch_size is None or self.batch_size >= n_rows:
+            self.rows = None
+            self.targets = self.all_targets
+            return
+        self.rows = np.sort(self._rng.choice(n_rows, size=self.batch_size, replace=False))
+        self.targets = self.all_targets[self.rows]
+
+    rows: np.ndarray | None = None
+
+    def __call__(self, points: np.ndarray) -> tuple[np.ndarray, IterationRecord]:
+        """Evaluate ``points (M, P)`` in one call.
+
+        Returns:
+            Training probabilities ``(M, N, K)`` and the record for ``points[0]``.
+        """
+        requests: list[tuple[np.ndarray, ...]] = [
+            (self.features, points) if self.rows is None else (self.features, points, self.rows)
+        ]
+        if self.validation is not None:
+            requests.append((self.validation[0], points[:1]))
+        results = self.evaluator.class_probabilities(requests)  # type: ignore[arg-type]
+        probabilities = results[0]
+        validation_accuracy = None
+        if self.validation is not None:
+            predicted = results[1][0].argmax(axis=1)
+            validation_accuracy = float(np.mean(predicted == self.validation[1]))
+        record = IterationRecord(
+            iteration=0,
+            loss=float(cross_entropy(probabilities[:1], self.targets)[0]),
+            train_accuracy=float(np.mean(probabilities[0].argmax(axis=1) == self.targets)),
+            validation_accuracy=validation_accuracy,
+        )
+        return probabilities, record
+
+
+def steps_per_iteration(optimizer: str, n_weights: int) -> int:
+    """Weight points evaluated per iteration (for resource estimates)."""
+    return {"adam": 2 * n_weights + 1, "spsa": 3, "cobyla": 1}[optimizer]
+
+
+def optimize(
+    objective: Objective,
+    initial_weights: np.ndarray,
+    *,
+    optimizer: str,
+    maxiter: int,
+    learning_rate: float,
+    rng: np.random.Generator,
+    callback: ProgressCallback | None = None,
+) -> TrainingResult:
+    """Train the weights.
+
+    The history holds ``maxiter + 1`` records: record 0 is the initial point and record ``t``
+    the point after ``t`` iterations (for COBYLA, ``t`` objective evaluations).
+
+    Args:
+        objective: Batched objective.
+        initial_weights: Starting point ``(P,)``.
+        optimizer: ``"adam"``, ``"spsa"`` or ``"cobyla"``.
+        maxiter: Number of iterations.
+        learning_rate: Adam step size, SPSA's initial gain, COBYLA's initial trust radius.
+        rng: Randomness for SPSA's perturbations.
+        callback: Called with every record as it is produced.
+
+    Returns:
+        The final weights and the history.
+
+    Raises:
+        ConfigurationError: For an unknown optimizer.
+    """
+    if optimizer not in OPTIMIZERS:
+        raise ConfigurationError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
+    history: list[IterationRecord] = []
+
+    def record(entry: IterationRecord) -> None:
+        entry.iteration = len(history)
+        history.append(entry)
+        if callback is not None:
+            callback(entry)
+
+    weights = np.array(initial_weights, dtype=np.float64)
+    if optimizer == "cobyla":
+        weights = _cobyla(objective, weights, maxiter, learning_rate, record)
+    else:
+        step = _adam if optimizer == "adam" else _spsa
+        weights = step(objective, weights, maxiter, learning_rate, rng, record)
+    return TrainingResult(weights=weights, history=history)
+
+
+def _adam(
+    objective: Objective,
+    weights: np.ndarray,
+    maxiter: int,
+    learning_rate: float,
+    rng: np.random.Generator,
+    record: Callable[[IterationRecord], None],
+) -> np.ndarray:
+    del rng  # deterministic
+    beta1, beta2, eps = 0.9, 0.999, 1e-8
+    n_weights = weights.shape[0]
+    first_moment = np.zeros(n_weights)
+    second_moment = np.zeros(n_weights)
+    shifts = np.concatenate([np.eye(n_weights), -np.eye(n_weights)]) * _SHIFT
+    for t in range(1, maxiter + 1):
+        objective.next_batch()
+        rows = np.arange(objective.targets.shape[0])
+        points = np.concatenate([weights[None, :], weights[None, :] + shifts])
+        probabilities, entry = objective(points)
+        record(entry)
+        # Parameter shift: dp/dθ_j = (p(θ + π/2 e_j) - p(θ - π/2 e_j)) / 2, exact for these gates.
+        picked = np.clip(probabilities[:, rows, objective.targets], _EPSILON, 1.0)
+        dp = (picked[1 : n_weights + 1] - picked[n_weights + 1 :]) / 2.0  # (P, N)
+        gradient = -(dp / picked[0][None, :]).mean(axis=1)
+        first_moment = beta1 * first_moment + (1 - beta1) * gradient
+        second_moment = beta2 * second_moment + (1 - beta2) * gradient**2
+        corrected_first = first_moment / (1 - beta1**t)
+        corrected_second = second_moment / (1 - beta2**t)
+        weights = weights - learning_rate * corrected_first / (np.sqrt(corrected_second) + eps)
+    objective.batch_size = None
+    objective.next_batch()
+    record(objective(weights[None, :])[1])
+    return weights
+
+
+def _spsa(
+    objective: Objective,
+    weights: np.ndarray,
+    maxiter: int,
+    learning_rate: float,
+    rng: np.random.Generator,
+    record: Callable[[IterationRecord], None],
+) -> np.ndarray:
+    # Spall's standard gain sequences (alpha=0.602, gamma=0.101, stability constant 10%).
+    perturbation, stability = 0.1, 0.1 * maxiter
+    for k in range(maxiter):
+        gain = learning_rate / (k + 1 + stability) ** 0.602
+        size = perturbation / (k + 1) ** 0.101
+        objective.next_batch()
+        delta = rng.choice([-1.0, 1.0], size=weights.shape[0])
+        points = np.stack([weights, weights + size * delta, weights - size * delta])
+        probabilities, entry = objective(points)
+        record(entry)
+        losses = cross_entropy(probabilities, objective.targets)
+        gradient = (losses[1] - losses[2]) / (2 * size) * delta
+        weights = weights - gain * gradient
+    objective.batch_size = None
+    objective.next_batch()
+    record(objective(weights[None, :])[1])
+    return weights
+
+
+def _cobyla(
+    objective: Objective,
+    weights: np.ndarray,
+    maxiter: int,
+    learning_rate: float,
+    record: Callable[[IterationRecord], None],
+) -> np.ndarray:
+    best: dict[str, object] = {}
+
+    def loss(point: np.ndarray) -> float:
+        probabilities, entry = objective(point[None, :])
+        record(entry)
+        if "loss" not in best or entry.loss < float(best["loss"]):  # type: ignore[arg-type]
+            best["loss"], best["weights"] = entry.loss, point.copy()
+        return entry.loss
+
+    # COBYLA's first evaluation is the initial point: maxiter evaluations give maxiter + 1
+    # records once the final point is measured below.
+    result = minimize(
+        loss, weights, method="COBYLA", options={"maxiter": maxiter, "rhobeg": learning_rate}
+    )
+    final = np.asarray(best.get("weights", result.x), dtype=np.float64)
+    record(objective(final[None, :])[1])
+    return final

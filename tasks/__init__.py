@@ -1,0 +1,1 @@
+"""Prefect tasks: thin wrappers over the ``qmlops`` core with retries, caching and names."""

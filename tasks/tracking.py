@@ -1,0 +1,366 @@
+"""Everything MLflow: the one module that talks to the tracking server or store.
+
+The flow opens one MLflow run per flow run and passes its ``run_id`` to every tracking task;
+tasks log through :class:`mlflow.MlflowClient` with that id, because MLflow's active run is
+per thread and Prefect runs tasks in worker threads.
+
+Default store: a SQLite database under ``./mlruns`` of the working directory, with artifacts
+beside it; ``MLFLOW_TRACKING_URI`` or ``TrackingConfig.tracking_uri`` override it. Nothing is
+configured at import time.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import tempfile
+import time
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import mlflow
+import numpy as np
+import pandas as pd
+import qiskit.qpy
+from mlflow import MlflowClient
+from mlflow.entities import Metric, Param, RunTag
+from mlflow.models import infer_signature
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from qmlops import plots
+from qmlops.circuits import circuit_summary
+from qmlops.classifier import QuantumClassifier
+from qmlops.data import Dataset
+from qmlops.model import model_document
+from tasks.data import PreparedData
+from tasks.policy import RETRIES, RETRY_DELAY_SECONDS, retry_if_transient
+
+DEFAULT_STORE_DIR = "mlruns"
+MODEL_CODE = Path(__file__).with_name("mlflow_model_code.py")
+CORE_PACKAGE = Path(__file__).resolve().parent.parent / "qmlops"
+TRACKED_PACKAGES = (
+    "qmlops",
+    "qiskit",
+    "qiskit-aer",
+    "qiskit-machine-learning",
+    "scikit-learn",
+    "numpy",
+    "scipy",
+    "pandas",
+    "mlflow",
+    "prefect",
+)
+MODEL_REQUIREMENTS = ("qiskit", "qiskit-aer", "scikit-learn", "numpy", "scipy", "pandas", "mlflow")
+_METRIC_BATCH = 900  # MLflow's log_batch accepts at most 1000 entries
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    """Handle of the MLflow run of one flow run."""
+
+    tracking_uri: str
+    experiment_id: str
+    run_id: str
+
+    def client(self) -> MlflowClient:
+        """A client bound to this run's tracking URI."""
+        return MlflowClient(tracking_uri=self.tracking_uri)
+
+
+def default_tracking_uri(base_dir: str | Path | None = None) -> str:
+    """SQLite store under ``<base_dir>/mlruns`` (``base_dir``: the working directory)."""
+    root = Path(base_dir or Path.cwd()).resolve() / DEFAULT_STORE_DIR
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(configured: str | None = None) -> str:
+    """Configured URI, else ``$MLFLOW_TRACKING_URI``, else :func:`default_tracking_uri`."""
+    return configured or os.environ.get("MLFLOW_TRACKING_URI") or default_tracking_uri()
+
+
+def _artifact_root(tracking_uri: str) -> str | None:
+    if tracking_uri.startswith("sqlite:///"):
+        return (Path(tracking_uri.removeprefix("sqlite:///")).parent / "artifacts").as_uri()
+    return None
+
+
+def prepare_store(tracking_uri: str, experiment: str) -> str:
+    """Create the store (schema migration runs once, here) and the experiment.
+
+    Returns:
+        The experiment id.
+    """
+    if tracking_uri.startswith("sqlite:///"):
+        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    client = MlflowClient(tracking_uri=tracking_uri)
+    existing = client.get_experiment_by_name(experiment)
+    if existing is not None:
+        return str(existing.experiment_id)
+    artifact_root = _artifact_root(tracking_uri)
+    location = None if artifact_root is None else f"{artifact_root}/{experiment}"
+    try:
+        return str(client.create_experiment(experiment, artifact_location=location))
+    except mlflow.exceptions.MlflowException:
+        # Another process created it first.
+        found = client.get_experiment_by_name(experiment)
+        if found is None:
+            raise
+        return str(found.experiment_id)
+
+
+def package_versions() -> dict[str, str]:
+    """Installed versions of the packages that determine a result."""
+    versions = {"python": platform.python_version()}
+    for package in TRACKED_PACKAGES:
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not-installed"
+    return versions
+
+
+def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
+    return {f"{prefix}.{key}": "" if value is None else str(value) for key, value in values.items()}
+
+
+@task(
+    name="start-tracking-run",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def start_tracking_run(
+    tracking_uri: str | None, experiment: str, run_name: str, tags: dict[str, str]
+) -> TrackedRun:
+    """Open the MLflow run of this flow run."""
+    uri = resolve_tracking_uri(tracking_uri)
+    experiment_id = prepare_store(uri, experiment)
+    run = MlflowClient(tracking_uri=uri).create_run(experiment_id, run_name=run_name, tags=tags)
+    return TrackedRun(tracking_uri=uri, experiment_id=experiment_id, run_id=run.info.run_id)
+
+
+@task(name="end-tracking-run", retries=RETRIES, cache_policy=NO_CACHE)
+def end_tracking_run(run: TrackedRun, status: str, error: str | None = None) -> None:
+    """Close the MLflow run as FINISHED, FAILED or KILLED (with the error, if any)."""
+    client = run.client()
+    if error:
+        client.set_tag(run.run_id, "error", error[:4000])
+    client.set_terminated(run.run_id, status=status)
+
+
+@task(
+    name="log-run-inputs",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def log_run_inputs(run: TrackedRun, configs: dict[str, dict[str, Any]], dataset: Dataset) -> None:
+    """Log the whole configuration, the dataset identity, seeds and package versions."""
+    params: dict[str, str] = {}
+    for section, values in configs.items():
+        params.update(_flatten(section, values))
+    params.update(
+        {
+            "dataset.fingerprint": dataset.fingerprint,
+            "dataset.source": dataset.source,
+            "dataset.n_samples": str(dataset.features.shape[0]),
+            "dataset.n_features": str(dataset.features.shape[1]),
+            "dataset.n_classes": str(dataset.n_classes),
+        }
+    )
+    params.update(_flatten("version", package_versions()))
+    run.client().log_batch(
+        run.run_id,
+        params=[Param(key, value[:6000]) for key, value in params.items()],
+        tags=[
+            RunTag("dataset.fingerprint", dataset.fingerprint),
+            RunTag("dataset.name", dataset.name),
+        ],
+    )
+
+
+def _log_metrics(run: TrackedRun, metrics: list[Metric]) -> None:
+    client = run.client()
+    for start in range(0, len(metrics), _METRIC_BATCH):
+        client.log_batch(run.run_id, metrics=metrics[start : start + _METRIC_BATCH])
+
+
+def _save_figure(client: MlflowClient, run_id: str, figure: Any, name: str) -> None:
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / name
+        figure.savefig(path, dpi=110, bbox_inches="tight")
+        plots.close(figure)
+        client.log_artifact(run_id, str(path), artifact_path="plots")
+
+
+@task(
+    name="log-training",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def log_training(run: TrackedRun, classifier: QuantumClassifier) -> None:
+    """Log per-iteration curves (with ``step``), training cost, circuit size and the circuit."""
+    now = int(time.time() * 1000)
+    curves = {
+        "train_loss": classifier.loss_curve_,
+        "train_accuracy": classifier.train_accuracy_curve_,
+        "validation_accuracy": classifier.validation_accuracy_curve_,
+    }
+    metrics = [
+        Metric(key, float(value), now, step)
+        for key, values in curves.items()
+        for step, value in enumerate(values)
+    ]
+    summary = {
+        "training_time_s": classifier.fit_time_,
+        "circuit_evaluations": classifier.circuit_evaluations_,
+        "primitive_calls": classifier.primitive_calls_,
+        "iterations": classifier.n_iter_,
+        **circuit_summary(classifier.spec_),
+    }
+    metrics += [Metric(key, float(value), now, 0) for key, value in summary.items()]
+    _log_metrics(run, metrics)
+    client = run.client()
+    client.set_tag(run.run_id, "simulation_backend", classifier.backend_)
+    _save_figure(
+        client,
+        run.run_id,
+        plots.training_curves_figure(
+            classifier.loss_curve_,
+            classifier.train_accuracy_curve_,
+            classifier.validation_accuracy_curve_,
+        ),
+        "training_curves.png",
+    )
+    _save_figure(
+        client, run.run_id, plots.circuit_figure(classifier.spec_.circuit()), "circuit.png"
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / "circuit.qpy"
+        with path.open("wb") as handle:
+            qiskit.qpy.dump(classifier.circuit_, handle)
+        client.log_artifact(run.run_id, str(path), artifact_path="circuit")
+        spec_path = Path(folder) / "circuit_spec.json"
+        spec_path.write_text(json.dumps(classifier.spec_.to_dict(), indent=2))
+        client.log_artifact(run.run_id, str(spec_path), artifact_path="circuit")
+
+
+@task(
+    name="log-evaluation",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def log_evaluation(run: TrackedRun, evaluations: dict[str, dict[str, Any]]) -> None:
+    """Log every model's test metrics, the quantum confusion matrix and an evaluation JSON.
+
+    Metric names: ``test_*`` for the quantum model, ``<baseline>_test_*`` for the baselines.
+    """
+    now = int(time.time() * 1000)
+    metrics = []
+    for model_name, evaluation in evaluations.items():
+        prefix = "" if model_name == "quantum" else f"{model_name}_"
+        for key, value in evaluation["metrics"].items():
+            if np.isfinite(value):
+                metrics.append(Metric(f"{prefix}test_{key}", float(value), now, 0))
+    _log_metrics(run, metrics)
+    client = run.client()
+    quantum = evaluations["quantum"]
+    _save_figure(
+        client,
+        run.run_id,
+        plots.confusion_matrix_figure(quantum["confusion_matrix"], quantum["labels"]),
+        "confusion_matrix.png",
+    )
+    report = {
+        name: {key: value for key, value in evaluation.items() if key != "predictions"}
+        for name, evaluation in evaluations.items()
+    }
+    client.log_text(run.run_id, json.dumps(report, indent=2, default=float), "evaluation.json")
+
+
+@dataclass(frozen=True)
+class LoggedModel:
+    """Where the model went."""
+
+    model_uri: str
+    registered_name: str | None
+    registered_version: str | None
+
+
+@task(
+    name="log-model",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def log_model(
+    run: TrackedRun,
+    classifier: QuantumClassifier,
+    prepared: PreparedData,
+    feature_names: list[str],
+    model_name: str,
+    register: bool,
+) -> LoggedModel:
+    """Log the model as an MLflow pyfunc (models from code, plain JSON weights) and register it.
+
+    The input example is a few raw training rows; the signature comes from the model's own
+    output on them.
+    """
+    document = model_document(prepared.preprocessor, classifier, feature_names)
+    example = pd.DataFrame(prepared.raw.X_train[:5], columns=feature_names)
+    client = run.client()
+    with tempfile.TemporaryDirectory() as folder:
+        document_path = Path(folder) / "model.json"
+        document_path.write_text(json.dumps(document))
+        from qmlops.model import QuantumModel
+
+        loaded = QuantumModel(document)
+        probabilities = loaded.predict_proba(example)
+        output = pd.DataFrame({"prediction": loaded.classifier.classes_[probabilities.argmax(1)]})
+        for index, label in enumerate(loaded.classes):
+            output[f"probability_{label}"] = probabilities[:, index]
+        mlflow.set_tracking_uri(run.tracking_uri)
+        logged = mlflow.initialize_logged_model(
+            name="quantum_classifier",
+            source_run_id=run.run_id,
+            experiment_id=run.experiment_id,
+            model_type="qmlops.quantum-classifier",
+            tags={
+                "dataset.fingerprint": client.get_run(run.run_id).data.tags.get(
+                    "dataset.fingerprint", ""
+                )
+            },
+        )
+        info = mlflow.pyfunc.log_model(
+            name="quantum_classifier",
+            python_model=str(MODEL_CODE),
+            artifacts={"model_document": str(document_path)},
+            code_paths=[str(CORE_PACKAGE)],
+            signature=infer_signature(example, output),
+            input_example=example,
+            pip_requirements=[
+                f"{package}=={metadata.version(package)}" for package in MODEL_REQUIREMENTS
+            ],
+            model_id=logged.model_id,
+        )
+    from mlflow.entities import LoggedModelOutput
+
+    client.log_outputs(run.run_id, models=[LoggedModelOutput(info.model_id, step=0)])
+    client.log_text(run.run_id, json.dumps(document, indent=2), "model/model.json")
+    model_uri = f"models:/{info.model_id}"
+    if not register:
+        return LoggedModel(model_uri, None, None)
+    version = mlflow.register_model(model_uri, model_name)
+    client.set_tag(run.run_id, "registered_model", f"{model_name}/{version.version}")
+    return LoggedModel(model_uri, model_name, str(version.version))
