@@ -95,6 +95,10 @@ class CircuitSpec:
                 f"{self.n_classes} classes need at least {self.n_classes - 1} qubits with the "
                 f"Hamming-weight readout; got n_qubits={self.n_qubits}"
             )
+        if self.feature_map == "zz" and self.n_qubits < 2:
+            raise ConfigurationError("the zz feature map needs at least 2 qubits; use 'z'")
+        if self.feature_map != "pauli":
+            return
         paulis = [p.strip() for p in self.paulis.split(",") if p.strip()]
         if not paulis or any(set(p) - set("XYZ") or len(p) > self.n_qubits for p in paulis):
             raise ConfigurationError(

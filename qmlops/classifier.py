@@ -77,9 +77,9 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         ansatz_reps: int = 2,
         entanglement: str = "reverse_linear",
         optimizer: str = "adam",
-        maxiter: int = 100,
+        maxiter: int = 150,
         learning_rate: float = 0.1,
-        batch_size: int | None = 48,
+        batch_size: int | None = 96,
         shots: int | None = None,
         backend: str = "auto",
         simulator_threads: int = 0,
@@ -180,7 +180,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         self.classes_, targets = np.unique(y, return_inverse=True)
         if self.classes_.shape[0] < 2:
             raise ValueError(
-                f"the training data hold a single class ({self.classes_[0]!r}); need at least 2"
+                f"the training data hold only 1 class ({self.classes_[0]}); need at least 2"
             )
         n_validation = 0 if validation_data is None else len(validation_data[0])
         spec, _ = self.plan(X.shape[0], n_validation, X.shape[1], self.classes_.shape[0])
@@ -289,7 +289,8 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         Returns:
             Labels drawn from ``classes_``.
         """
-        return np.asarray(self.classes_[self.predict_proba(X).argmax(axis=1)])
+        probabilities = self.predict_proba(X)
+        return np.asarray(self.classes_[probabilities.argmax(axis=1)])
 
     @property
     def circuit_(self) -> Any:

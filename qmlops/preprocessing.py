@@ -70,7 +70,7 @@ def split_dataset(
     ):
         rare = labels[counts.argmin()]
         raise DatasetError(
-            f"class {rare!r} has {smallest} samples and {n_samples} samples in all: too few for "
+            f"class '{rare}' has {smallest} samples and {n_samples} samples in all: too few for "
             f"a stratified split into {n_parts} parts (test_size={test_size}, "
             f"validation_size={validation_size}); each part needs every class"
         )

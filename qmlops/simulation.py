@@ -440,8 +440,8 @@ class CircuitEvaluator:
             for byte in range(packed.shape[-1]):
                 outcomes = (outcomes << 8) | packed[..., byte].astype(np.int64)
             classes = self._outcome_class[outcomes]  # (M, N, shots)
-            rows = classes.shape[0] * classes.shape[1]
-            flat = np.arange(rows).reshape(classes.shape[:2] + (1,)) * n_classes + classes
-            counts = np.bincount(flat.ravel(), minlength=rows * n_classes)
+            n_cells = classes.shape[0] * classes.shape[1]
+            flat = np.arange(n_cells).reshape(classes.shape[:2] + (1,)) * n_classes + classes
+            counts = np.bincount(flat.ravel(), minlength=n_cells * n_classes)
             results.append(counts.reshape(weights.shape[0], rows.shape[0], n_classes) / self.shots)
         return results

@@ -45,6 +45,10 @@ class TrainingResult:
 ProgressCallback = Callable[[IterationRecord], None]
 
 
+class _BudgetSpent(Exception):
+    """Raised inside COBYLA's objective once ``maxiter`` evaluations are spent."""
+
+
 def cross_entropy(probabilities: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """Mean cross-entropy over samples for each weight point.
 
@@ -251,8 +255,12 @@ def _cobyla(
     record: Callable[[IterationRecord], None],
 ) -> np.ndarray:
     best: dict[str, object] = {}
+    evaluations = [0]
 
     def loss(point: np.ndarray) -> float:
+        if evaluations[0] >= maxiter:
+            raise _BudgetSpent
+        evaluations[0] += 1
         probabilities, entry = objective(point[None, :])
         record(entry)
         if "loss" not in best or entry.loss < float(best["loss"]):  # type: ignore[arg-type]
@@ -261,9 +269,12 @@ def _cobyla(
 
     # COBYLA's first evaluation is the initial point: maxiter evaluations give maxiter + 1
     # records once the final point is measured below.
-    result = minimize(
-        loss, weights, method="COBYLA", options={"maxiter": maxiter, "rhobeg": learning_rate}
-    )
-    final = np.asarray(best.get("weights", result.x), dtype=np.float64)
+    # SciPy raises COBYLA's evaluation cap to at least n + 2; the budget is enforced in `loss`.
+    cap = max(maxiter, weights.shape[0] + 2)
+    try:
+        minimize(loss, weights, method="COBYLA", options={"maxiter": cap, "rhobeg": learning_rate})
+    except _BudgetSpent:
+        pass
+    final = np.asarray(best.get("weights", weights), dtype=np.float64)
     record(objective(final[None, :])[1])
     return final

@@ -1,0 +1,191 @@
+"""The numpy engine and Aer agree; batching, mini-batch rows and counters behave."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+
+from qmlops.circuits import CircuitSpec, class_of_outcome
+from qmlops.errors import InputError
+from qmlops.simulation import CircuitEvaluator
+
+FAMILIES = list(
+    itertools.product(
+        ("zz", "z", "pauli"), ("real_amplitudes", "efficient_su2"), ("reverse_linear", "full")
+    )
+)
+
+
+def random_inputs(spec: CircuitSpec, n_samples: int = 6, n_points: int = 3, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    features = rng.uniform(0.0, np.pi, (n_samples, spec.n_qubits))
+    weights = rng.uniform(-np.pi, np.pi, (n_points, spec.n_weights))
+    return features, weights
+
+
+@pytest.mark.parametrize(("feature_map", "ansatz", "entanglement"), FAMILIES)
+def test_numpy_engine_matches_aer(feature_map: str, ansatz: str, entanglement: str) -> None:
+    n_classes = 2 if entanglement == "reverse_linear" else 3
+    spec = CircuitSpec(
+        n_qubits=3,
+        n_classes=n_classes,
+        feature_map=feature_map,
+        ansatz=ansatz,
+        ansatz_reps=2,
+        entanglement=entanglement,
+    )
+    X, W = random_inputs(spec)
+    fast = CircuitEvaluator(spec, backend="numpy")
+    reference = CircuitEvaluator(spec, backend="aer")
+    assert fast.backend == "numpy"
+    assert reference.backend == "aer"
+    got = fast.class_probabilities([(X, W)])[0]
+    expected = reference.class_probabilities([(X, W)])[0]
+    assert got.shape == expected.shape == (3, 6, n_classes)
+    assert np.max(np.abs(got - expected)) < 1e-9
+    np.testing.assert_allclose(got.sum(axis=-1), 1.0, atol=1e-12)
+    np.testing.assert_allclose(expected.sum(axis=-1), 1.0, atol=1e-12)
+    # the probabilities depend on the weights (a constant output would also "match")
+    assert np.max(np.abs(got[0] - got[1])) > 1e-3
+
+
+def test_feature_map_reps_match_aer() -> None:
+    spec = CircuitSpec(n_qubits=3, n_classes=2, feature_map="zz", feature_map_reps=2)
+    X, W = random_inputs(spec, seed=3)
+    got = CircuitEvaluator(spec, backend="numpy").class_probabilities([(X, W)])[0]
+    expected = CircuitEvaluator(spec, backend="aer").class_probabilities([(X, W)])[0]
+    assert np.max(np.abs(got - expected)) < 1e-9
+
+
+def test_auto_backend_picks_numpy_for_exact_small_circuits() -> None:
+    spec = CircuitSpec(n_qubits=3, n_classes=2)
+    assert CircuitEvaluator(spec).backend == "numpy"
+    assert CircuitEvaluator(spec, shots=100).backend == "aer"
+
+
+def test_shots_close_to_exact() -> None:
+    spec = CircuitSpec(n_qubits=3, n_classes=2, feature_map="zz", ansatz="efficient_su2")
+    X, W = random_inputs(spec, n_points=2)
+    exact = CircuitEvaluator(spec, backend="numpy").class_probabilities([(X, W)])[0]
+    sampled = CircuitEvaluator(spec, backend="aer", shots=20000, seed=1).class_probabilities(
+        [(X, W)]
+    )[0]
+    assert sampled.shape == exact.shape
+    assert np.max(np.abs(sampled - exact)) < 0.03
+    np.testing.assert_allclose(sampled.sum(axis=-1), 1.0, atol=1e-12)
+
+
+def test_shots_reproducible_per_seed() -> None:
+    spec = CircuitSpec(n_qubits=2, n_classes=2, ansatz_reps=1)
+    X, W = random_inputs(spec, n_samples=4, n_points=1)
+    first = CircuitEvaluator(spec, backend="aer", shots=64, seed=7).class_probabilities([(X, W)])
+    second = CircuitEvaluator(spec, backend="aer", shots=64, seed=7).class_probabilities([(X, W)])
+    np.testing.assert_array_equal(first[0], second[0])
+    # counts are multiples of 1 / shots
+    np.testing.assert_allclose(first[0] * 64, np.round(first[0] * 64), atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", ["numpy", "aer"])
+def test_nan_features_rejected_before_simulation(backend: str) -> None:
+    spec = CircuitSpec(n_qubits=3, n_classes=2)
+    X, W = random_inputs(spec)
+    X[2, 1] = np.nan
+    evaluator = CircuitEvaluator(spec, backend=backend)
+    with pytest.raises(InputError, match="finite"):
+        evaluator.class_probabilities([(X, W)])
+    assert evaluator.counters.primitive_calls == 0
+    assert evaluator.counters.circuit_evaluations == 0
+    assert evaluator.counters.encoded_samples == 0
+
+
+def test_infinite_weights_rejected() -> None:
+    spec = CircuitSpec(n_qubits=3, n_classes=2)
+    X, W = random_inputs(spec)
+    W[0, 0] = np.inf
+    evaluator = CircuitEvaluator(spec, backend="numpy")
+    with pytest.raises(InputError, match="finite"):
+        evaluator.class_probabilities([(X, W)])
+    assert evaluator.counters.primitive_calls == 0
+
+
+def test_wrong_shapes_rejected() -> None:
+    spec = CircuitSpec(n_qubits=3, n_classes=2)
+    X, W = random_inputs(spec)
+    evaluator = CircuitEvaluator(spec, backend="numpy")
+    with pytest.raises(InputError, match=r"features must have shape \(n_samples, 3\)"):
+        evaluator.class_probabilities([(X[:, :2], W)])
+    with pytest.raises(InputError, match="weights must have shape"):
+        evaluator.class_probabilities([(X, W[:, :-1])])
+    assert evaluator.counters.primitive_calls == 0
+
+
+@pytest.mark.parametrize("backend", ["numpy", "aer"])
+def test_one_primitive_call_per_batch(backend: str) -> None:
+    spec = CircuitSpec(n_qubits=3, n_classes=3)
+    X1, W1 = random_inputs(spec, n_samples=6, n_points=2, seed=1)
+    X2, W2 = random_inputs(spec, n_samples=4, n_points=3, seed=2)
+    evaluator = CircuitEvaluator(spec, backend=backend)
+    results = evaluator.class_probabilities([(X1, W1), (X2, W2)])
+    assert [r.shape for r in results] == [(2, 6, 3), (3, 4, 3)]
+    assert evaluator.counters.primitive_calls == 1
+    assert evaluator.counters.circuit_evaluations == 2 * 6 + 3 * 4
+    assert evaluator.counters.per_call_sizes == [24]
+    evaluator.class_probabilities([(X1, W1)])
+    assert evaluator.counters.primitive_calls == 2
+    assert evaluator.counters.circuit_evaluations == 24 + 12
+    # each request gives the same numbers as when evaluated on its own
+    alone = CircuitEvaluator(spec, backend=backend).class_probabilities([(X2, W2)])[0]
+    np.testing.assert_allclose(results[1], alone, atol=1e-12)
+
+
+def test_numpy_engine_caches_encodings() -> None:
+    spec = CircuitSpec(n_qubits=3, n_classes=2)
+    X, W = random_inputs(spec)
+    evaluator = CircuitEvaluator(spec, backend="numpy")
+    evaluator.class_probabilities([(X, W)])
+    evaluator.class_probabilities([(X, W[:1])])
+    evaluator.class_probabilities([(X, W, np.array([0, 1]))])
+    assert evaluator.counters.encoded_samples == X.shape[0]
+
+
+@pytest.mark.parametrize("backend", ["numpy", "aer"])
+def test_rows_select_a_mini_batch(backend: str) -> None:
+    spec = CircuitSpec(n_qubits=3, n_classes=2, ansatz="efficient_su2")
+    X, W = random_inputs(spec, n_samples=6, n_points=2)
+    rows = np.array([0, 2, 5])
+    evaluator = CircuitEvaluator(spec, backend=backend)
+    (batch,) = evaluator.class_probabilities([(X, W, rows)])
+    assert batch.shape == (2, 3, 2)
+    assert evaluator.counters.circuit_evaluations == 2 * 3
+    (subset,) = CircuitEvaluator(spec, backend=backend).class_probabilities([(X[rows], W)])
+    np.testing.assert_allclose(batch, subset, atol=1e-12)
+    (full,) = CircuitEvaluator(spec, backend=backend).class_probabilities([(X, W)])
+    np.testing.assert_allclose(batch, full[:, rows], atol=1e-12)
+
+
+def test_class_of_outcome_is_parity_for_two_classes() -> None:
+    expected = [bin(i).count("1") % 2 for i in range(8)]
+    assert class_of_outcome(3, 2).tolist() == expected
+    assert CircuitSpec(n_qubits=3, n_classes=2).class_of_outcome().tolist() == expected
+
+
+def test_class_of_outcome_hamming_weight_round_robin() -> None:
+    assert class_of_outcome(3, 3).tolist() == [bin(i).count("1") % 3 for i in range(8)]
+    assert class_of_outcome(3, 4).tolist() == [bin(i).count("1") for i in range(8)]
+
+
+@pytest.mark.parametrize(
+    "spec_params",
+    [{"feature_map": "z"}, {"feature_map": "pauli", "paulis": "Y,Z"}],
+    ids=["z", "pauli"],
+)
+def test_one_qubit_circuit(spec_params: dict[str, str]) -> None:
+    # n_qubits=1 is allowed (CircuitConfig ge=1); the default `paulis` ("Y,ZZ"), unused by the
+    # "z" feature map, must not block it.
+    spec = CircuitSpec(n_qubits=1, n_classes=2, **spec_params)
+    X, W = random_inputs(spec)
+    got = CircuitEvaluator(spec, backend="numpy").class_probabilities([(X, W)])[0]
+    expected = CircuitEvaluator(spec, backend="aer").class_probabilities([(X, W)])[0]
+    assert np.max(np.abs(got - expected)) < 1e-9
