@@ -70,12 +70,12 @@ class TrainingConfig(_Config):
     optimizer: Literal["adam", "spsa", "cobyla"] = Field(
         "adam", description="adam uses exact parameter-shift gradients."
     )
-    maxiter: int = Field(150, ge=1, le=10_000, description="Optimizer iterations.")
+    maxiter: int = Field(100, ge=1, le=10_000, description="Optimizer iterations.")
     learning_rate: float = Field(
         0.1, gt=0.0, le=10.0, description="Adam step, SPSA gain, COBYLA trust radius."
     )
     batch_size: int | None = Field(
-        96, ge=1, le=100_000, description="Samples per step (empty: the whole training set)."
+        48, ge=1, le=100_000, description="Samples per step (empty: the whole training set)."
     )
     shots: int | None = Field(
         None, ge=1, le=1_000_000, description="Measurement shots (empty: exact probabilities)."
