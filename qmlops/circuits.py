@@ -48,7 +48,8 @@ def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
         raise ConfigurationError(f"unknown {name} {value!r}; choose one of {', '.join(choices)}")
 
 
-def _check_int(name: str, value: int, low: int, high: int) -> None:
+def check_integer(name: str, value: object, low: int, high: int) -> None:
+    """Raise :class:`ConfigurationError` unless ``value`` is an integer in ``[low, high]``."""
     if (
         isinstance(value, bool)
         or not isinstance(value, int | np.integer)
@@ -83,13 +84,13 @@ class CircuitSpec:
     paulis: str = "Y,ZZ"
 
     def __post_init__(self) -> None:
-        _check_int("n_qubits", self.n_qubits, 1, MAX_QUBITS)
-        _check_int("n_classes", self.n_classes, 2, 2**MAX_QUBITS)
+        check_integer("n_qubits", self.n_qubits, 1, MAX_QUBITS)
+        check_integer("n_classes", self.n_classes, 2, 2**MAX_QUBITS)
         _check_choice("feature map", self.feature_map, FEATURE_MAPS)
         _check_choice("ansatz", self.ansatz, ANSATZE)
         _check_choice("entanglement", self.entanglement, ENTANGLEMENTS)
-        _check_int("feature_map_reps", self.feature_map_reps, 1, 20)
-        _check_int("ansatz_reps", self.ansatz_reps, 1, 50)
+        check_integer("feature_map_reps", self.feature_map_reps, 1, 20)
+        check_integer("ansatz_reps", self.ansatz_reps, 1, 50)
         if self.n_classes > self.n_qubits + 1:
             raise ConfigurationError(
                 f"{self.n_classes} classes need at least {self.n_classes - 1} qubits with the "

@@ -10,7 +10,13 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
-from qmlops.circuits import CircuitSpec, ResourceEstimate, check_resources, estimate_resources
+from qmlops.circuits import (
+    CircuitSpec,
+    ResourceEstimate,
+    check_integer,
+    check_resources,
+    estimate_resources,
+)
 from qmlops.errors import ConfigurationError, ModelFormatError
 from qmlops.simulation import BACKENDS, CircuitEvaluator
 from qmlops.training import (
@@ -116,12 +122,12 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             raise ConfigurationError(
                 f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}"
             )
-        _check_integer("maxiter", self.maxiter, 1, 100_000)
-        _check_integer("simulator_threads", self.simulator_threads, 0, 1024)
+        check_integer("maxiter", self.maxiter, 1, 100_000)
+        check_integer("simulator_threads", self.simulator_threads, 0, 1024)
         if self.batch_size is not None:
-            _check_integer("batch_size", self.batch_size, 1, 10_000_000)
+            check_integer("batch_size", self.batch_size, 1, 10_000_000)
         if self.shots is not None:
-            _check_integer("shots", self.shots, 1, 10_000_000)
+            check_integer("shots", self.shots, 1, 10_000_000)
         if not (
             isinstance(self.learning_rate, int | float)
             and np.isfinite(self.learning_rate)
@@ -344,12 +350,3 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.shots is not None
         return tags
-
-
-def _check_integer(name: str, value: Any, low: int, high: int) -> None:
-    if (
-        isinstance(value, bool)
-        or not isinstance(value, int | np.integer)
-        or not (low <= value <= high)
-    ):
-        raise ConfigurationError(f"{name} must be an integer in [{low}, {high}], got {value!r}")

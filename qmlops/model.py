@@ -92,6 +92,14 @@ class QuantumModel:
         """Predicted labels for raw features."""
         return self.classifier.predict(self._angles(data))
 
+    def predict_frame(self, data: pd.DataFrame | np.ndarray) -> pd.DataFrame:
+        """Predictions as served: a ``prediction`` column and one ``probability_<class>`` each."""
+        probabilities = self.predict_proba(data)
+        frame = pd.DataFrame({"prediction": self.classifier.classes_[probabilities.argmax(axis=1)]})
+        for index, label in enumerate(self.classes):
+            frame[f"probability_{label}"] = probabilities[:, index]
+        return frame
+
     @property
     def classes(self) -> list[str]:
         """Class labels as strings, in probability-column order."""

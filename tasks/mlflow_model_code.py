@@ -24,13 +24,7 @@ class QuantumClassifierModel(PythonModel):
     # No type hints: MLflow would derive a (wrong) schema from them; the logged signature rules.
     def predict(self, context, model_input, params=None):
         """Return a ``prediction`` column and one ``probability_<class>`` column per class."""
-        frame = pd.DataFrame(model_input)
-        probabilities = self.model.predict_proba(frame)
-        classes = self.model.classifier.classes_
-        output = pd.DataFrame({"prediction": classes[probabilities.argmax(axis=1)]})
-        for index, label in enumerate(self.model.classes):
-            output[f"probability_{label}"] = probabilities[:, index]
-        return output
+        return self.model.predict_frame(pd.DataFrame(model_input))
 
 
 mlflow.models.set_model(QuantumClassifierModel())

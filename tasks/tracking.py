@@ -326,10 +326,7 @@ def log_model(
         from qmlops.model import QuantumModel
 
         loaded = QuantumModel(document)
-        probabilities = loaded.predict_proba(example)
-        output = pd.DataFrame({"prediction": loaded.classifier.classes_[probabilities.argmax(1)]})
-        for index, label in enumerate(loaded.classes):
-            output[f"probability_{label}"] = probabilities[:, index]
+        output = loaded.predict_frame(example)
         mlflow.set_tracking_uri(run.tracking_uri)
         logged = mlflow.initialize_logged_model(
             name="quantum_classifier",
