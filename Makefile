@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install demo test test-fast lint format bench lock clean ui-mlflow
+.PHONY: install demo test test-fast lint format lock clean ui-mlflow
 
 install: $(STAMP)
 
@@ -34,9 +34,6 @@ lint: install
 format: install
 	$(BIN)/ruff format .
 	$(BIN)/ruff check --fix .
-
-bench: install
-	$(BIN)/python benchmarks/train_speed.py
 
 ui-mlflow: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
