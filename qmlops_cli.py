@@ -132,12 +132,10 @@ def configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
 
 def _print_summary(result: dict[str, Any]) -> None:
     from qmlops.metrics import METRIC_NAMES
+    from qmlops.model_summary import summary_rows
 
     header = ["model", *METRIC_NAMES]
-    rows = [
-        [name] + [f"{metrics.get(m, float('nan')):.3f}" for m in METRIC_NAMES]
-        for name, metrics in result["metrics"].items()
-    ]
+    rows = summary_rows({name: {"metrics": m} for name, m in result["metrics"].items()})
     widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     print()
     for row in [header, ["-" * w for w in widths], *rows]:

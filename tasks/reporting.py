@@ -11,8 +11,6 @@ from prefect.cache_policies import NO_CACHE
 from qmlops.metrics import METRIC_NAMES
 from qmlops.model_summary import summary_rows
 
-__all__ = ["publish_summary", "summary_rows"]
-
 
 @task(name="publish-summary", retries=0, cache_policy=NO_CACHE)
 def publish_summary(
