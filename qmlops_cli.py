@@ -1,4 +1,4 @@
-"""The ``qmlops`` command line: ``qmlops train`` runs the training flow."""
+"""The ``qmlops`` command line: ``qmlops train`` and ``qmlops score`` run the flows."""
 
 from __future__ import annotations
 
@@ -9,7 +9,13 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
-from qmlops.config import CircuitConfig, DatasetConfig, TrackingConfig, TrainingConfig
+from qmlops.config import (
+    CircuitConfig,
+    DatasetConfig,
+    ScoringConfig,
+    TrackingConfig,
+    TrainingConfig,
+)
 
 EXIT_BAD_INPUT = 2
 
@@ -76,6 +82,18 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="default: $MLFLOW_TRACKING_URI or sqlite:///./mlruns/mlflow.db",
     )
+    score = commands.add_parser(
+        "score",
+        help="score a CSV or Parquet file with a registered model (default: its champion)",
+        description="Run the `score` flow: predictions and probabilities, recorded in MLflow.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    score.add_argument("--input", required=True, metavar="PATH", help="CSV or Parquet file")
+    score.add_argument("--model-name", default="qmlops-classifier")
+    score.add_argument("--version", type=int, default=None, help="default: the champion")
+    score.add_argument("--output", metavar="PATH", help="also write predictions (.csv/.parquet)")
+    score.add_argument("--experiment", default="qmlops-scoring")
+    score.add_argument("--tracking-uri", default=None, help="default: as for train")
     return parser
 
 
@@ -150,10 +168,40 @@ def _print_summary(result: dict[str, Any]) -> None:
     print(f"open the UI      mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
 
 
+def _score(args: argparse.Namespace) -> int:
+    try:
+        config = ScoringConfig(
+            input_path=args.input,
+            model_name=args.model_name,
+            model_version=args.version,
+            output_path=args.output,
+            experiment=args.experiment,
+            tracking_uri=args.tracking_uri,
+        )
+    except ValidationError as error:
+        print(f"qmlops: invalid options:\n{error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from flows.score import score
+    from qmlops.errors import InputError
+
+    try:
+        result = score(config)
+    except InputError as error:
+        print(f"qmlops: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    print(f"scored {result['n_rows']} rows with {result['model_uri']}")
+    print(f"MLflow run id    {result['run_id']} ({result['predictions_artifact']})")
+    if result["output_path"]:
+        print(f"predictions      {result['output_path']}")
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``qmlops`` command."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
+    if args.command == "score":
+        return _score(args)
     try:
         params = configs_from_args(args)
     except ValidationError as error:

@@ -49,7 +49,7 @@ def _train(maxiter: int, promotion: PromotionConfig = ANY_BASELINE) -> dict:
 
 
 def test_champion_moves_only_to_a_better_version_and_score_uses_it(
-    mlflow_uri: str, tmp_path: Path
+    mlflow_uri: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     client = MlflowClient(mlflow_uri)
 
@@ -109,6 +109,14 @@ def test_champion_moves_only_to_a_better_version_and_score_uses_it(
         )["model_version"]
         == "2"
     )
+
+    # And the CLI scores the same way, and names a column mismatch with exit status 2
+    from qmlops_cli import main
+
+    assert main(["score", "--input", str(tmp_path / "batch.csv"), "--model-name", MODEL]) == 0
+    frame.rename(columns={"x1": "y"}).to_csv(tmp_path / "renamed.csv", index=False)
+    assert main(["score", "--input", str(tmp_path / "renamed.csv"), "--model-name", MODEL]) == 2
+    assert "SchemaMismatchError" in capsys.readouterr().err
 
 
 async def _run_counts(flow_run_id: str) -> dict[str, int]:
