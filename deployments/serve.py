@@ -121,6 +121,13 @@ class Managed:
         pid = int(record["pid"])
         return pid if _start_ticks(pid) == record["start_ticks"] else None
 
+    def command(self) -> list[str]:
+        """The command recorded when the process was started (empty when unknown)."""
+        try:
+            return [str(part) for part in json.loads(self.pid_file.read_text())["command"]]
+        except (OSError, ValueError, KeyError):
+            return []
+
     def start(self, command: list[str], env: dict[str, str]) -> int:
         """Start the command in its own session, logging to ``<name>.log``."""
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
@@ -218,6 +225,11 @@ def _ensure_server(
 ) -> None:
     pid = process.running_pid()
     if pid is not None:
+        if str(port) not in process.command():
+            raise SystemExit(
+                f"serve: {process.name} already runs from {process.pid_file.parent} with "
+                f"{' '.join(process.command())}; `make stop` it first or set QMLOPS_SERVE_DIR"
+            )
         print(f"serve: {process.name} already running (pid {pid})")
         return
     if _port_busy(port):
