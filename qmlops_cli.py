@@ -168,9 +168,14 @@ def _print_summary(result: dict[str, Any]) -> None:
     print(f"open the UI      mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
 
 
-def _score(args: argparse.Namespace) -> int:
-    try:
-        config = ScoringConfig(
+def score_configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the validated parameters of the score flow.
+
+    Raises:
+        pydantic.ValidationError: For out-of-range or unknown values.
+    """
+    return {
+        "scoring": ScoringConfig(
             input_path=args.input,
             model_name=args.model_name,
             model_version=args.version,
@@ -178,44 +183,36 @@ def _score(args: argparse.Namespace) -> int:
             experiment=args.experiment,
             tracking_uri=args.tracking_uri,
         )
-    except ValidationError as error:
-        print(f"qmlops: invalid options:\n{error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    from flows.score import score
-    from qmlops.errors import InputError
+    }
 
-    try:
-        result = score(config)
-    except InputError as error:
-        print(f"qmlops: {type(error).__name__}: {error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+
+def _print_scored(result: dict[str, Any]) -> None:
     print(f"scored {result['n_rows']} rows with {result['model_uri']}")
     print(f"MLflow run id    {result['run_id']} ({result['predictions_artifact']})")
     if result["output_path"]:
         print(f"predictions      {result['output_path']}")
-    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``qmlops`` command."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
-    if args.command == "score":
-        return _score(args)
+    scoring = args.command == "score"
     try:
-        params = configs_from_args(args)
+        params = score_configs_from_args(args) if scoring else configs_from_args(args)
     except ValidationError as error:
         print(f"qmlops: invalid options:\n{error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from flows.score import score
     from flows.train import train
     from qmlops.errors import InputError
 
     try:
-        result = train(**params)
+        result = score(**params) if scoring else train(**params)
     except InputError as error:
         print(f"qmlops: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    _print_summary(result)
+    (_print_scored if scoring else _print_summary)(result)
     return 0
 
 
