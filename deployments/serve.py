@@ -242,7 +242,7 @@ def _ensure_server(
     _wait_until(lambda: _get(health_url) is not None, process.name, process)
 
 
-def _worker_online(settings: Settings) -> bool:
+def _worker_online(settings: Settings, name: str) -> bool:
     request = urllib.request.Request(
         f"{settings.prefect_api_url}/work_pools/{POOL}/workers/filter",
         data=b"{}",
@@ -254,7 +254,7 @@ def _worker_online(settings: Settings) -> bool:
             workers = json.loads(response.read())
     except (urllib.error.URLError, OSError, ValueError):
         return False
-    return any(worker.get("status") == "ONLINE" for worker in workers)
+    return any(w.get("name") == name and w.get("status") == "ONLINE" for w in workers)
 
 
 def start(settings: Settings) -> None:
@@ -301,10 +301,11 @@ def start(settings: Settings) -> None:
     if pid is not None:
         print(f"serve: worker already running (pid {pid})")
     else:
+        name = f"qmlops-worker-{os.getpid()}"
         command = [_bin("prefect"), "worker", "start", "--pool", POOL, "--type", "process"]
-        pid = worker.start(command + ["--name", f"qmlops-worker-{os.getpid()}"], env)
-        print(f"serve: started worker (pid {pid}) on work pool {POOL}")
-        _wait_until(lambda: _worker_online(settings), "worker", worker)
+        pid = worker.start(command + ["--name", name], env)
+        print(f"serve: started worker {name} (pid {pid}) on work pool {POOL}")
+        _wait_until(lambda: _worker_online(settings, name), "worker", worker)
     print()
     print(f"Prefect UI   {settings.prefect_api_url.removesuffix('/api')}")
     print(f"MLflow UI    {settings.mlflow_uri}")
