@@ -210,8 +210,12 @@ def test_a_failing_configuration_is_reported_and_the_others_complete(mlflow_uri:
         {"dataset": "breast_cancer", "maxiter": 2, "batch_size": 16, "grid": {"qubits": [2, 24]}}
     )
 
-    # When the sweep runs
-    result = sweep(space=space, execution=SweepExecution(max_parallel=2))
+    # When the sweep runs (and registers its best model)
+    result = sweep(
+        space=space,
+        execution=SweepExecution(max_parallel=2, register_best=True),
+        tracking=TrackingConfig(experiment="sweep-failure", model_name="sweep-best"),
+    )
 
     # Then it completes, the small configuration is trained and the large one reported
     rows = {row["configuration"]: row for row in result["rows"]}
@@ -230,3 +234,37 @@ def test_a_failing_configuration_is_reported_and_the_others_complete(mlflow_uri:
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result['run_id']}'"
     )
     assert [c.data.tags["sweep.configuration"] for c in children] == ["c000"]
+    assert result["registered_version"] == "1"
+    version = client.get_model_version("sweep-best", "1")
+    assert version.run_id == rows["c000"]["mlflow_run_id"]
+
+
+def test_sweep_weekly_deployment_parameters_validate_against_the_flow() -> None:
+    import yaml
+    from prefect.utilities.callables import parameter_schema
+
+    from qmlops.sweep import SearchSpace, expand
+
+    project = yaml.safe_load((Path(__file__).parents[2] / "prefect.yaml").read_text())
+    (deployment,) = [d for d in project["deployments"] if d["name"] == "sweep-weekly"]
+    assert deployment["entrypoint"] == "flows/sweep.py:sweep"
+    assert deployment["work_pool"]["name"] == "qmlops-local"
+    assert deployment["schedules"][0]["cron"] == "0 3 * * 0"
+
+    # the parameters are exactly the flow's: Prefect validates them into the pydantic models
+    parameters = deployment["parameters"]
+    assert set(parameters) <= set(parameter_schema(sweep).properties)
+    validated = sweep.validate_parameters(parameters)
+    assert isinstance(validated["space"], SearchSpace)
+    assert len(expand(validated["space"])) == 8
+    assert validated["execution"].runner == "threads"
+
+
+def test_ray_without_a_prefect_server_is_refused_before_anything_runs() -> None:
+    from qmlops.errors import ConfigurationError
+    from tasks.sweep import make_task_runner
+
+    with pytest.raises(ConfigurationError, match="needs a Prefect server"):
+        make_task_runner(SweepExecution(runner="ray"), None)
+    runner = make_task_runner(SweepExecution(runner="threads", max_parallel=3), None)
+    assert runner._max_workers == 3
