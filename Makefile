@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install demo test test-fast lint format lock clean ui-mlflow
+.PHONY: install demo test test-fast lint format lock clean ui-mlflow bench-sweep
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# Sweep scaling: sequential vs threads vs local Ray on 8 configurations (a few minutes).
+bench-sweep: install
+	$(BIN)/python benchmarks/sweep_scaling.py
 
 lint: install
 	$(BIN)/ruff check .
