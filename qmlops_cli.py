@@ -144,7 +144,7 @@ def sweep_params_from_args(args: argparse.Namespace) -> dict[str, Any]:
         qmlops.errors.ConfigurationError: For a bad space file or axis values.
         pydantic.ValidationError: For out-of-range execution or tracking options.
     """
-    from qmlops.sweep import load_space, override_axes, parse_space
+    from qmlops.sweep import expand, load_space, override_axes, parse_space
 
     document = load_space(args.space).model_dump() if args.space else {}
     if document:
@@ -164,8 +164,10 @@ def sweep_params_from_args(args: argparse.Namespace) -> dict[str, Any]:
         for dest, (space_key, _) in SWEEP_AXIS_OPTIONS.items()
         if getattr(args, dest) is not None
     }
+    space = parse_space(override_axes(document, overrides))
+    expand(space)  # every configuration is validated now, before a flow run starts
     return {
-        "space": parse_space(override_axes(document, overrides)),
+        "space": space,
         "execution": SweepExecution(
             runner=args.runner,
             max_parallel=args.max_parallel,

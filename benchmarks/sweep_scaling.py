@@ -102,13 +102,15 @@ def write_results(section: str) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=1, help="runs per mode (median kept)")
-    parser.add_argument("--maxiter", type=int, default=60, help="Adam steps per configuration")
+    parser.add_argument("--maxiter", type=int, default=100, help="Adam steps per configuration")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.pop("RAY_ADDRESS", None)
-    cores = os.cpu_count() or 1
+    from qmlops.sweep import available_cores
+
+    cores = available_cores()
     import services
 
     modes = ("sequential", "threads", "ray")

@@ -11,7 +11,6 @@ configuration.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 from prefect import flow, task
@@ -28,6 +27,7 @@ from qmlops.sweep import (
     SearchSpace,
     SweepConfiguration,
     SweepExecution,
+    available_cores,
     expand,
     split_seed,
     threads_per_training,
@@ -82,7 +82,7 @@ def train_configurations(
         ``outcomes`` (one per configuration, in order) and ``baselines`` (test metrics of the
         classical baselines per data set).
     """
-    threads = threads_per_training(execution.max_parallel, os.cpu_count())
+    threads = threads_per_training(execution.max_parallel, available_cores())
     own_process = execution.runner == "ray"
     outcomes: dict[str, dict[str, Any]] = {}
     baselines: dict[str, dict[str, float]] = {}

@@ -35,6 +35,7 @@ from __future__ import annotations
 import itertools
 import json
 import math
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -375,6 +376,14 @@ class SweepExecution(_Strict):
         "test_accuracy", description="Metric that picks the best configuration (highest wins)."
     )
     register_best: bool = Field(False, description="Register the best configuration's model.")
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a cgroup)."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
 
 
 def threads_per_training(max_parallel: int, cores: int | None) -> int:

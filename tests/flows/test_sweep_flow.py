@@ -268,3 +268,17 @@ def test_ray_without_a_prefect_server_is_refused_before_anything_runs() -> None:
         make_task_runner(SweepExecution(runner="ray"), None)
     runner = make_task_runner(SweepExecution(runner="threads", max_parallel=3), None)
     assert runner._max_workers == 3
+
+
+def test_cli_refuses_a_bad_sweep_before_any_flow_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qmlops_cli import main
+
+    assert main(["sweep", "--reps", "0", "1"]) == 2
+    assert "configuration c000 (reps=0) is invalid" in capsys.readouterr().err
+    assert main(["sweep", "--space", str(tmp_path / "nowhere.yaml")]) == 2
+    assert "cannot read search space" in capsys.readouterr().err
+    (tmp_path / "space.yaml").write_text("grid:\n  noise: [0.1]\n")
+    assert main(["sweep", "--space", str(tmp_path / "space.yaml")]) == 2
+    assert "'noise' is not available" in capsys.readouterr().err
