@@ -9,6 +9,7 @@ returns is a JSON-safe outcome (:func:`qmlops.sweep_report.outcome`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 from contextlib import ExitStack
 from pathlib import Path
@@ -151,7 +152,7 @@ def train_configuration(
 def configuration_task(execution: SweepExecution) -> Any:
     """``train_configuration`` persisting its results where ``execution.result_storage`` says.
 
-    A folder (an absolute path or ``file://`` URL) becomes a ``LocalFileSystem``; anything else
+    A folder (a path or ``file://`` URL) becomes a saved ``LocalFileSystem`` block; anything else
     is a Prefect storage block slug (``s3-bucket/qmlops-results``) that every worker can read.
     Without it, Prefect's default local storage (``$PREFECT_HOME/storage``) is used, which Ray
     workers on this machine share.
@@ -163,9 +164,10 @@ def configuration_task(execution: SweepExecution) -> Any:
         from prefect.filesystems import LocalFileSystem
 
         folder = Path(storage.removeprefix("file://")).resolve()
-        return train_configuration.with_options(
-            result_storage=LocalFileSystem(basepath=str(folder))
-        )
+        # Prefect wants storage saved server-side (workers load it by slug): one block per folder.
+        name = "qmlops-sweep-" + hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+        LocalFileSystem(basepath=str(folder)).save(name, overwrite=True)
+        storage = f"local-file-system/{name}"
     return train_configuration.with_options(result_storage=storage)
 
 

@@ -204,7 +204,9 @@ def test_ray_sweep_matches_the_thread_sweep(
 
 
 @pytest.mark.usefixtures("prefect_harness")
-def test_a_failing_configuration_is_reported_and_the_others_complete(mlflow_uri: str) -> None:
+def test_a_failing_configuration_is_reported_and_the_others_complete(
+    mlflow_uri: str, tmp_path: Path
+) -> None:
     # Given a grid where 24 qubits on breast_cancer exceed the size guard
     space = parse_space(
         {"dataset": "breast_cancer", "maxiter": 2, "batch_size": 16, "grid": {"qubits": [2, 24]}}
@@ -213,7 +215,9 @@ def test_a_failing_configuration_is_reported_and_the_others_complete(mlflow_uri:
     # When the sweep runs (and registers its best model)
     result = sweep(
         space=space,
-        execution=SweepExecution(max_parallel=2, register_best=True),
+        execution=SweepExecution(
+            max_parallel=2, register_best=True, result_storage=str(tmp_path / "results")
+        ),
         tracking=TrackingConfig(experiment="sweep-failure", model_name="sweep-best"),
     )
 
@@ -234,6 +238,7 @@ def test_a_failing_configuration_is_reported_and_the_others_complete(mlflow_uri:
         [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result['run_id']}'"
     )
     assert [c.data.tags["sweep.configuration"] for c in children] == ["c000"]
+    assert list((tmp_path / "results").iterdir())  # outcomes persisted where asked
     assert result["registered_version"] == "1"
     version = client.get_model_version("sweep-best", "1")
     assert version.run_id == rows["c000"]["mlflow_run_id"]
