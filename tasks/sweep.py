@@ -199,7 +199,7 @@ def make_task_runner(execution: SweepExecution, api_url: str | None) -> TaskRunn
     """
     if execution.runner == "threads":
         return ThreadPoolTaskRunner(max_workers=execution.max_parallel)
-    if not api_url or "ephemeral" in api_url:
+    if not api_url:
         raise ConfigurationError(
             "--runner ray needs a Prefect server the Ray workers can reach: set PREFECT_API_URL "
             "(e.g. `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api)"
