@@ -127,6 +127,9 @@ def main() -> int:
                 rows_by_mode[mode] = rows
                 print(f"[{repeat + 1}/{args.repeats}] {mode}: {seconds:.1f} s", flush=True)
         load_after = os.getloadavg()
+        from prefect.logging.handlers import APILogHandler
+
+        APILogHandler.flush()  # ship the run logs before the server stops
     problems = check_identical(rows_by_mode)
     median = {mode: statistics.median(values) for mode, values in times.items()}
     training = sum(row["training_time_s"] or 0.0 for row in rows_by_mode["sequential"])
