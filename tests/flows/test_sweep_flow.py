@@ -275,6 +275,29 @@ def test_ray_without_a_prefect_server_is_refused_before_anything_runs() -> None:
     assert runner._max_workers == 3
 
 
+def test_ray_runner_joins_a_given_cluster_or_starts_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefect_ray import RayTaskRunner
+
+    from tasks.sweep import make_task_runner
+
+    api = "http://127.0.0.1:4200/api"
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    local = make_task_runner(SweepExecution(runner="ray", max_parallel=3), api)
+    assert isinstance(local, RayTaskRunner)
+    assert local.address == "local"  # a fresh Ray, never one already running here
+    assert local.init_kwargs["num_cpus"] == 3
+    assert local.init_kwargs["runtime_env"]["env_vars"]["PREFECT_API_URL"] == api
+
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    joined = make_task_runner(SweepExecution(runner="ray"), api)
+    assert joined.address == "ray://head:10001"
+    assert "num_cpus" not in joined.init_kwargs
+    given = make_task_runner(SweepExecution(runner="ray", ray_address="ray://other:10001"), api)
+    assert given.address == "ray://other:10001"
+
+
 def test_cli_refuses_a_bad_sweep_before_any_flow_run(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
