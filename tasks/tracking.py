@@ -520,3 +520,111 @@ def log_predictions(
         predictions.to_csv(path, index=False)
         client.log_artifact(run.run_id, str(path), artifact_path="predictions")
     return f"predictions/{file_name}"
+
+
+# -- sweeps: the parent run of a sweep ---------------------------------------------------
+
+
+@task(
+    name="log-sweep-inputs",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def log_sweep_inputs(run: TrackedRun, configs: dict[str, dict[str, Any]], space: str) -> None:
+    """Log a sweep's settings and package versions as params, its search space as JSON."""
+    params: dict[str, str] = {}
+    for section, values in configs.items():
+        params.update(_flatten(section, values))
+    params.update(_flatten("version", package_versions()))
+    run.client().log_batch(
+        run.run_id, params=[Param(key, value[:6000]) for key, value in params.items()]
+    )
+    run.client().log_text(run.run_id, space, "sweep/search_space.json")
+
+
+@task(
+    name="log-sweep-comparison",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def log_sweep_comparison(
+    run: TrackedRun,
+    rows: list[dict[str, Any]],
+    outcomes: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+    metric: str,
+    rule: str,
+    baseline_metrics: dict[str, dict[str, float]],
+) -> None:
+    """Log the comparison table (CSV and JSON), the figures, the best configuration, baselines.
+
+    Baseline metrics are logged as ``<baseline>_test_<metric>`` (prefixed with the data key
+    when the sweep covers several datasets or qubit counts).
+    """
+    from qmlops import sweep_report
+
+    client = run.client()
+    with tempfile.TemporaryDirectory() as folder:
+        table = Path(folder) / "comparison.csv"
+        pd.DataFrame(rows).to_csv(table, index=False)
+        client.log_artifact(run.run_id, str(table), artifact_path="sweep")
+    client.log_text(
+        run.run_id,
+        json.dumps({"metric": metric, "rule": rule, "best": best, "rows": rows}, indent=2),
+        "sweep/comparison.json",
+    )
+    figures = {
+        "accuracy_vs_parameters.png": sweep_report.accuracy_vs_parameters_figure(rows, metric),
+        "accuracy_vs_time.png": sweep_report.accuracy_vs_time_figure(rows, metric),
+        "loss_curves.png": sweep_report.loss_curves_figure(outcomes),
+    }
+    for name, figure in figures.items():
+        _save_figure(client, run.run_id, figure, name)
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric("configurations_completed", float(sum(r["status"] == "completed" for r in rows)),
+               now, 0),
+        Metric("configurations_failed", float(sum(r["status"] == "failed" for r in rows)), now, 0),
+    ]  # fmt: skip
+    several = len(baseline_metrics) > 1
+    for data_key, by_baseline in baseline_metrics.items():
+        prefix = f"{data_key}." if several else ""
+        metrics += [
+            Metric(f"{prefix}{name}", float(value), now, 0)
+            for name, value in by_baseline.items()
+            if np.isfinite(value)
+        ]
+    tags = [RunTag("sweep.selection_metric", metric), RunTag("sweep.selection_rule", rule)]
+    if best is not None:
+        metrics.append(Metric(f"best_{metric}", float(best[metric]), now, 0))
+        tags += [
+            RunTag("sweep.best_configuration", str(best["configuration"])),
+            RunTag("sweep.best_run_id", str(best["mlflow_run_id"])),
+        ]
+    client.log_batch(run.run_id, metrics=metrics, tags=tags)
+
+
+@task(
+    name="register-best-model",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def register_run_model(run: TrackedRun, child_run_id: str, model_name: str) -> LoggedModel:
+    """Register the model a (child) run logged, and tag the parent run with the version."""
+    client = run.client()
+    outputs = client.get_run(child_run_id).outputs
+    model_ids = [output.model_id for output in (outputs.model_outputs if outputs else [])]
+    if not model_ids:
+        raise LookupError(f"run {child_run_id} logged no model")
+    mlflow.set_tracking_uri(run.tracking_uri)
+    model_uri = f"models:/{model_ids[0]}"
+    version = mlflow.register_model(model_uri, model_name)
+    client.set_tag(run.run_id, "registered_model", f"{model_name}/{version.version}")
+    client.set_tag(child_run_id, "registered_model", f"{model_name}/{version.version}")
+    return LoggedModel(model_uri, model_name, str(version.version))
