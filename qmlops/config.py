@@ -82,6 +82,17 @@ class TrainingConfig(_Config):
     )
     backend: Literal["auto", "numpy", "aer"] = Field("auto", description="Simulation engine.")
     random_state: int = Field(42, ge=0, le=2**31 - 1, description="Seeds split and training.")
+    # Orchestration settings, not estimator parameters (see ORCHESTRATION_FIELDS).
+    timeout_s: int | None = Field(
+        None, ge=1, le=7 * 24 * 3600, description="Fail training after this many seconds."
+    )
+    checkpoint_every: int = Field(
+        10, ge=1, le=100_000, description="Iterations between training checkpoints."
+    )
+
+
+ORCHESTRATION_FIELDS: set[str] = {"timeout_s", "checkpoint_every"}
+"""TrainingConfig fields that steer the task around the estimator, not the estimator."""
 
 
 class TrackingConfig(_Config):

@@ -10,7 +10,7 @@ from prefect.logging import get_run_logger
 
 from qmlops.baselines import train_baselines as fit_baselines
 from qmlops.classifier import QuantumClassifier
-from qmlops.config import CircuitConfig, TrainingConfig
+from qmlops.config import ORCHESTRATION_FIELDS, CircuitConfig, TrainingConfig
 from qmlops.training import IterationRecord
 from tasks.data import PreparedData
 from tasks.policy import RETRIES, RETRY_DELAY_SECONDS, retry_if_transient
@@ -22,7 +22,10 @@ def build_classifier(
     circuit: CircuitConfig, training: TrainingConfig, **extra: Any
 ) -> QuantumClassifier:
     """Build the estimator from the flow parameters (field names equal estimator params)."""
-    params = {**circuit.model_dump(exclude={"n_qubits"}), **training.model_dump()}
+    params = {
+        **circuit.model_dump(exclude={"n_qubits"}),
+        **training.model_dump(exclude=ORCHESTRATION_FIELDS),
+    }
     return QuantumClassifier(**params, **extra)
 
 
