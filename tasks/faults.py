@@ -7,6 +7,8 @@ of ``<action>:<point>[:<iteration>]`` entries; nothing happens when it is unset.
   task) the first time the point is reached in this process.
 - ``hang``: write the file named by ``QMLOPS_FAULT_MARKER`` (if set) and sleep until the
   process is signalled, so a test can kill it at a known point.
+- ``pause``: write the marker file and wait until someone deletes it, then go on (a test
+  changes the world meanwhile, e.g. stops the tracking server).
 
 Points: ``train`` (after the given training iteration is recorded), ``log-metrics`` (after
 the first batch of metrics is written), ``start-tracking`` (before the MLflow run opens).
@@ -61,9 +63,16 @@ def checkpoint(point: str, iteration: int | None = None) -> None:
                     continue
                 _fired.add(entry)
             raise InjectedTransientFault(f"injected transient fault at {point} ({entry})")
-        if action == "hang":
+        if action in ("hang", "pause"):
             marker = os.environ.get(MARKER_ENV)
             if marker:
                 Path(marker).write_text(str(os.getpid()))
-            while True:  # until a signal ends the process or a timeout interrupts it
+            # hang: until a signal ends the process or a timeout interrupts it.
+            while action == "hang" or (marker and Path(marker).exists()):
                 time.sleep(0.2)
+
+
+def reset() -> None:
+    """Re-arm ``fail`` faults that already fired in this process (for tests)."""
+    with _lock:
+        _fired.clear()
