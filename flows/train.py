@@ -140,11 +140,11 @@ def train(
                 f"{classifier.fit_time_:.2f} s",
             },
         )
+        end_tracking_run(run, "FINISHED")
     except BaseException as error:
         # Also on SIGTERM (Prefect raises TerminationSignal here): the run ends KILLED.
         close_or_remember(run, error)
         raise
-    end_tracking_run(run, "FINISHED")
     return {
         "run_id": run.run_id,
         "tracking_uri": run.tracking_uri,
