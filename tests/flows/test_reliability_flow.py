@@ -198,3 +198,32 @@ def test_secrets_are_never_logged_and_tampered_models_are_refused(
     document_path.write_text(json.dumps(document))
     with pytest.raises(ModelFormatError, match="integrity"):
         mlflow.pyfunc.load_model(str(tampered))
+
+
+def test_orphan_sweep_closes_only_runs_whose_owner_is_gone(mlflow_uri: str) -> None:
+    from tasks.hygiene import close_orphaned_runs, flow_run_final, owner_tags
+    from tasks.tracking import prepare_store
+
+    # Given a flow run that reached a final state (it failed on a missing file)
+    state = train(dataset=DatasetConfig(path="missing.csv", target="y"), return_state=True)
+    finished_flow = str(state.state_details.flow_run_id)
+    assert flow_run_final(finished_flow) is True
+    assert flow_run_final("00000000-0000-0000-0000-000000000000") is None
+
+    # And RUNNING MLflow runs owned by: this live process, a dead pid here, another host
+    client = MlflowClient(mlflow_uri)
+    experiment_id = prepare_store(mlflow_uri, "sweep")
+    live = client.create_run(experiment_id, tags=owner_tags()).info.run_id
+    dead_tags = {**owner_tags(), "qmlops.pid": "999999999"}
+    dead = client.create_run(experiment_id, tags=dead_tags).info.run_id
+    remote = {"qmlops.host": "elsewhere", "qmlops.pid": "1"}
+    remote_done = client.create_run(
+        experiment_id, tags={**remote, "prefect.flow_run_id": finished_flow}
+    ).info.run_id
+    remote_unknown = client.create_run(experiment_id, tags=remote).info.run_id
+
+    # When a flow start sweeps, then only the runs whose owner is known to be gone are closed
+    closed = close_orphaned_runs(mlflow_uri, "sweep")
+    assert closed == {dead: "KILLED", remote_done: "KILLED"}
+    statuses = {run: client.get_run(run).info.status for run in (live, remote_unknown)}
+    assert statuses == {live: "RUNNING", remote_unknown: "RUNNING"}
