@@ -3,7 +3,9 @@
 Each model is strict, frozen and forbids unknown fields; Prefect renders them as a form with
 bounds, choices and descriptions. Field names of :class:`CircuitConfig` and
 :class:`TrainingConfig` equal the :class:`~qmlops.classifier.QuantumClassifier` parameter
-names, so the estimator is built from ``**circuit.model_dump(), **training.model_dump()``.
+names, so the estimator is built from ``**circuit.model_dump(), **training.model_dump()``,
+less :data:`ORCHESTRATION_FIELDS` (the training's timeout and checkpoint interval, which
+steer the task, not the estimator).
 """
 
 from __future__ import annotations
