@@ -227,3 +227,13 @@ def test_orphan_sweep_closes_only_runs_whose_owner_is_gone(mlflow_uri: str) -> N
     assert closed == {dead: "KILLED", remote_done: "KILLED"}
     statuses = {run: client.get_run(run).info.status for run in (live, remote_unknown)}
     assert statuses == {live: "RUNNING", remote_unknown: "RUNNING"}
+
+
+def test_cli_reports_an_unreachable_tracking_server(
+    mlflow_uri: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qmlops_cli import EXIT_UNAVAILABLE, main
+
+    uri = f"http://127.0.0.1:{free_port()}"
+    assert main(["train", "--dataset", "moons", "--tracking-uri", uri]) == EXIT_UNAVAILABLE
+    assert f"MLflow tracking server {uri} is unavailable" in capsys.readouterr().err
