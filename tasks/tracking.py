@@ -20,6 +20,7 @@ remembered locally and closed by the next flow (:mod:`tasks.hygiene`).
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import fcntl
 import json
 import os
@@ -50,7 +51,7 @@ from qmlops.circuits import circuit_summary
 from qmlops.classifier import QuantumClassifier
 from qmlops.config import PromotionConfig
 from qmlops.data import Dataset
-from qmlops.errors import ModelNotFoundError
+from qmlops.errors import ModelFormatError, ModelNotFoundError
 from qmlops.model import model_document
 from qmlops.promotion import CHAMPION_ALIAS, ChampionRecord, PromotionDecision, decide_promotion
 from tasks import faults
@@ -539,6 +540,23 @@ def log_model(
     return LoggedModel(model_uri, model_name, str(version.version))
 
 
+def _verify_stored_model(tracking_uri: str, model_uri: str) -> None:
+    """Read the model document back from the store and check its hash before it is trusted.
+
+    Raises:
+        ModelFormatError: When the stored document is missing, malformed or was altered.
+    """
+    from qmlops.model import read_model_document
+
+    mlflow.set_tracking_uri(tracking_uri)
+    with tempfile.TemporaryDirectory() as folder:
+        local = Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=folder))
+        documents = sorted(local.glob("artifacts/*.json"))
+        if len(documents) != 1:
+            raise ModelFormatError(f"{model_uri} holds no single model document")
+        read_model_document(documents[0])
+
+
 def _read_champion(client: MlflowClient, model_name: str, metric: str) -> ChampionRecord | None:
     version_number = client.get_registered_model(model_name).aliases.get(CHAMPION_ALIAS)
     if version_number is None:
@@ -603,6 +621,13 @@ def promote_model(
         fingerprint,
         config,
     )
+    if decision.promote:
+        try:
+            _verify_stored_model(run.tracking_uri, model.model_uri)
+        except ModelFormatError as error:
+            decision = dataclasses.replace(
+                decision, promote=False, reason=f"stored model failed verification: {error}"
+            )
     if decision.promote:
         client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
     client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in decision.tags().items()])

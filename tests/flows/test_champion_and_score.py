@@ -151,3 +151,32 @@ def test_score_without_a_champion_is_a_typed_error(mlflow_uri: str, tmp_path: Pa
     pd.DataFrame({"x0": [0.1], "x1": [1.0]}).to_csv(tmp_path / "batch.csv", index=False)
     with pytest.raises(ModelNotFoundError, match="no registered model"):
         score(ScoringConfig(input_path=str(tmp_path / "batch.csv"), model_name="nothing-here"))
+
+
+def test_a_tampered_model_artifact_never_becomes_champion(mlflow_uri: str) -> None:
+    from tasks.tracking import LoggedModel, TrackedRun, promote_model
+
+    client = MlflowClient(mlflow_uri)
+    # Given a registered version whose stored model document is altered after logging
+    first = _train(maxiter=1)
+    run = client.get_run(first["run_id"])
+    model_id = first["model_uri"].removeprefix("models:/")
+    location = Path(client.get_logged_model(model_id).artifact_location.removeprefix("file://"))
+    (document,) = location.glob("artifacts/*.json")
+    document.write_text(document.read_text().replace('"weights": [', '"weights": [0.5, ', 1))
+    client.delete_registered_model_alias(MODEL, "champion")
+
+    # When the gate runs for it again, with no champion in the way
+    decision = promote_model.fn(
+        TrackedRun(mlflow_uri, run.info.experiment_id, run.info.run_id),
+        LoggedModel(first["model_uri"], MODEL, first["registered_version"]),
+        {"quantum": {"metrics": first["metrics"]["quantum"]}},
+        run.data.tags["dataset.fingerprint"],
+        ANY_BASELINE,
+    )
+
+    # Then it refuses, says why, and the alias stays unset
+    assert not decision.promote
+    assert "failed verification" in decision.reason
+    assert _aliases(client) == {}
+    assert client.get_run(run.info.run_id).data.tags["promotion.promote"] == "False"
