@@ -63,7 +63,12 @@ def build_parser() -> argparse.ArgumentParser:
     circuit.add_argument(
         "--ansatz", default="efficient_su2", choices=_choices(CircuitConfig, "ansatz")
     )
-    circuit.add_argument("--reps", type=int, default=2, help="ansatz repetitions")
+    circuit.add_argument(
+        "--reps",
+        type=int,
+        default=None,
+        help="ansatz repetitions (default: 2 up to 4 qubits, 3 above)",
+    )
     circuit.add_argument(
         "--entanglement", default="reverse_linear", choices=_choices(CircuitConfig, "entanglement")
     )

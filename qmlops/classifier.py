@@ -18,6 +18,7 @@ from qmlops.circuits import (
     check_resources,
     estimate_resources,
 )
+from qmlops.config import default_ansatz_reps
 from qmlops.errors import ConfigurationError, ModelFormatError
 from qmlops.simulation import BACKENDS, CircuitEvaluator
 from qmlops.training import (
@@ -43,7 +44,8 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         feature_map: ``"zz"``, ``"z"`` or ``"pauli"``.
         feature_map_reps: Repetitions of the feature map.
         ansatz: ``"real_amplitudes"`` or ``"efficient_su2"``.
-        ansatz_reps: Repetitions of the ansatz.
+        ansatz_reps: Repetitions of the ansatz; ``None``: 2 up to 4 qubits, 3 above
+            (:func:`qmlops.config.default_ansatz_reps`).
         entanglement: ``"reverse_linear"``, ``"linear"``, ``"full"``, ``"circular"`` or
             ``"pairwise"``.
         optimizer: ``"adam"`` (parameter-shift gradients), ``"spsa"`` or ``"cobyla"``.
@@ -82,7 +84,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         feature_map: str = "z",
         feature_map_reps: int = 1,
         ansatz: str = "efficient_su2",
-        ansatz_reps: int = 2,
+        ansatz_reps: int | None = None,
         entanglement: str = "reverse_linear",
         optimizer: str = "adam",
         maxiter: int = 100,
@@ -146,7 +148,9 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             feature_map=self.feature_map,
             feature_map_reps=self.feature_map_reps,
             ansatz=self.ansatz,
-            ansatz_reps=self.ansatz_reps,
+            ansatz_reps=(
+                default_ansatz_reps(n_qubits) if self.ansatz_reps is None else self.ansatz_reps
+            ),
             entanglement=self.entanglement,
         )
 

@@ -276,3 +276,17 @@ def test_shot_based_fit_is_reproducible(binary_data) -> None:
     probabilities = first.predict_proba(X)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-12)
     assert first.__sklearn_tags__().non_deterministic
+
+
+def test_default_ansatz_depth_grows_with_width() -> None:
+    from qmlops.config import CircuitConfig
+
+    # The config resolves an empty depth at validation, so runs record the number used
+    assert CircuitConfig().ansatz_reps == 2
+    assert CircuitConfig(n_qubits=8).ansatz_reps == 3
+    assert CircuitConfig(n_qubits=8, ansatz_reps=1).ansatz_reps == 1
+    # The estimator applies the same rule in fit, to the width the data asks for
+    X, y = blobs(n_features=5)
+    fitted = QuantumClassifier(maxiter=1, random_state=0).fit(X, y)
+    assert fitted.get_params()["ansatz_reps"] is None
+    assert fitted.spec_.ansatz_reps == 3

@@ -189,11 +189,11 @@ def test_cli_reports_a_missing_file(mlflow_uri: str, capsys: pytest.CaptureFixtu
     assert "data file not found" in capsys.readouterr().err
 
 
-# The bar is 0.90 for both. iris meets it; breast_cancer measured 0.886 with the
-# default seed (0.91-0.95 on other seeds), so its floor here guards against regressions only.
+# The bar: test accuracy >= 0.90 for both with default settings (the CLI's defaults:
+# 4 qubits for iris, 8 for breast_cancer; the ansatz depth follows the width).
 @pytest.mark.slow
 @pytest.mark.parametrize(
-    ("dataset", "n_qubits", "floor"), [("iris", 4, 0.90), ("breast_cancer", 8, 0.85)]
+    ("dataset", "n_qubits", "floor"), [("iris", 4, 0.90), ("breast_cancer", 8, 0.90)]
 )
 def test_default_settings_reach_the_quality_bar(
     mlflow_uri: str, dataset: str, n_qubits: int, floor: float
