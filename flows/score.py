@@ -14,6 +14,7 @@ from qmlops.scoring import check_output_path, write_table
 from tasks.scoring import check_input_columns, predict_batch, read_scoring_input
 from tasks.tracking import (
     end_tracking_run,
+    flow_run_tags,
     load_registered_model,
     log_predictions,
     start_tracking_run,
@@ -46,12 +47,7 @@ def score(scoring: ScoringConfig) -> dict[str, Any]:
         scoring.tracking_uri,
         scoring.experiment,
         run_name=str(flow_run.name or "score"),
-        tags={
-            "prefect.flow_run_id": str(flow_run.id or ""),
-            "prefect.flow_run_name": str(flow_run.name or ""),
-            "prefect.flow_name": "score",
-            "model_uri": model.uri,
-        },
+        tags=flow_run_tags("score", model_uri=model.uri),
     )
     try:
         artifact = log_predictions(

@@ -39,6 +39,7 @@ from tasks.sweep import configuration_task, data_key_label, make_task_runner
 from tasks.tracking import (
     TrackedRun,
     end_tracking_run,
+    flow_run_tags,
     log_sweep_comparison,
     log_sweep_inputs,
     register_run_model,
@@ -186,12 +187,7 @@ def sweep(
         tracking.tracking_uri,
         tracking.experiment,
         run_name=str(flow_run.name or "sweep"),
-        tags={
-            "prefect.flow_run_id": str(flow_run.id or ""),
-            "prefect.flow_run_name": str(flow_run.name or ""),
-            "prefect.flow_name": "sweep",
-            "sweep.runner": execution.runner,
-        },
+        tags=flow_run_tags("sweep", **{"sweep.runner": execution.runner}),
     )
     try:
         seed = split_seed(space)

@@ -31,6 +31,7 @@ from tasks.hygiene import close_or_remember, prepare_tracking
 from tasks.reporting import publish_summary
 from tasks.tracking import (
     end_tracking_run,
+    flow_run_tags,
     log_evaluation,
     log_model,
     log_run_inputs,
@@ -94,11 +95,7 @@ def train(
         tracking.tracking_uri,
         tracking.experiment,
         run_name=str(flow_run.name or "train"),
-        tags={
-            "prefect.flow_run_id": str(flow_run.id or ""),
-            "prefect.flow_run_name": str(flow_run.name or ""),
-            "prefect.flow_name": "train",
-        },
+        tags=flow_run_tags("train"),
     )
     try:
         log_run_inputs(

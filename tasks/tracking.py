@@ -238,6 +238,26 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
     return {f"{prefix}.{key}": "" if value is None else str(value) for key, value in values.items()}
 
 
+def flow_run_tags(flow_name: str, **extra: str) -> dict[str, str]:
+    """Tags that tie an MLflow run to the Prefect flow run that opens it.
+
+    Args:
+        flow_name: The flow's name.
+        **extra: More tags to set with them.
+
+    Returns:
+        ``prefect.flow_run_id``, ``prefect.flow_run_name``, ``prefect.flow_name`` and ``extra``.
+    """
+    from prefect.runtime import flow_run
+
+    return {
+        "prefect.flow_run_id": str(flow_run.id or ""),
+        "prefect.flow_run_name": str(flow_run.name or ""),
+        "prefect.flow_name": flow_name,
+        **extra,
+    }
+
+
 @task(
     name="start-tracking-run",
     retries=RETRIES,
