@@ -7,7 +7,7 @@ export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PYTHONHASHSEED ?= 0
 
-.PHONY: install demo test test-fast lint format lock clean ui-mlflow
+.PHONY: install demo test test-fast lint format lock clean ui-mlflow bench
 
 install: $(STAMP)
 
@@ -25,6 +25,10 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# Training-speed benchmark (about 15 min on 2 cores): writes benchmarks/RESULTS.md.
+bench: install
+	$(BIN)/python benchmarks/train_speed.py
 
 lint: install
 	$(BIN)/ruff check .

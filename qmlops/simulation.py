@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import functools
 import hashlib
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -110,6 +111,8 @@ class EvaluationCounters:
     circuit_evaluations: int = 0
     encoded_samples: int = 0
     per_call_sizes: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    """Wall time spent inside :meth:`CircuitEvaluator.class_probabilities`."""
 
 
 class CircuitEvaluator:
@@ -197,6 +200,7 @@ class CircuitEvaluator:
             InputError: If an array has the wrong shape or holds NaN or infinite values.
             SimulationError: If the simulator fails or returns non-finite numbers.
         """
+        started = time.perf_counter()
         checked = [self._check_request(*request) for request in requests]
         if self.backend == "numpy":
             results = self._numpy_probabilities(checked)
@@ -204,6 +208,7 @@ class CircuitEvaluator:
             results = self._aer_exact_probabilities(checked)
         else:
             results = self._aer_shot_probabilities(checked)
+        self.counters.seconds += time.perf_counter() - started
         self.counters.primitive_calls += 1
         size = sum(len(rows) * w.shape[0] for _, w, rows in checked)
         self.counters.circuit_evaluations += size
