@@ -26,7 +26,7 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
-# Training-speed benchmark (about 15 min on 2 cores): writes benchmarks/RESULTS.md.
+# Training-speed benchmark (minutes: the VQC trainings dominate); writes benchmarks/RESULTS.md.
 bench: install
 	$(BIN)/python benchmarks/train_speed.py
 
