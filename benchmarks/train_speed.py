@@ -606,7 +606,7 @@ def render(
     return (
         "## Training speed (`benchmarks/train_speed.py`)\n\n"
         + machine_line(command)
-        + f" {reps} repetitions per method, alternating in one process.\n\n"
+        + f" {reps} repetition{'s' if reps > 1 else ''} per method, alternating in one process.\n\n"
         "All methods train the same model: ZZ feature map (reps 1) + RealAmplitudes (reps 3), "
         "reverse-linear entanglement, Hamming-weight readout (given to VQC as `interpret`), "
         "mean cross-entropy, COBYLA with the same initial point, initial trust radius 1.0 and "
