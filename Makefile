@@ -6,8 +6,12 @@ STAMP := $(VENV)/.installed
 export PREFECT_SERVER_ANALYTICS_ENABLED ?= false
 export PREFECT_HOME ?= $(CURDIR)/.prefect
 export PYTHONHASHSEED ?= 0
+# `make serve`: ports on 127.0.0.1 and where pid files, logs and the Prefect database go.
+export PREFECT_PORT ?= 4200
+export MLFLOW_PORT ?= 5000
+export QMLOPS_SERVE_DIR ?= $(CURDIR)/.qmlops/serve
 
-.PHONY: install demo test test-fast lint format lock clean ui-mlflow bench
+.PHONY: install demo test test-fast lint format lock clean ui-mlflow serve stop deploy bench bench-sweep
 
 install: $(STAMP)
 
@@ -30,6 +34,10 @@ test-fast: install
 bench: install
 	$(BIN)/python benchmarks/train_speed.py
 
+# Sweep scaling: sequential vs threads vs local Ray on 8 configurations (a few minutes).
+bench-sweep: install
+	$(BIN)/python benchmarks/sweep_scaling.py
+
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
@@ -41,6 +49,16 @@ format: install
 
 ui-mlflow: install
 	$(BIN)/mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlruns/mlflow.db --host 127.0.0.1 --port 5000
+
+serve: install
+	$(BIN)/python deployments/serve.py start
+
+stop:
+	$(BIN)/python deployments/serve.py stop
+
+# Deploy prefect.yaml to $$PREFECT_API_URL; ENV=dev|prod applies deployments/environments/<ENV>.yaml.
+deploy: install
+	$(BIN)/python deployments/deploy.py $(if $(ENV),--env $(ENV))
 
 lock:
 	$(BIN)/python -m pip freeze --exclude-editable | grep -v '^qmlops' > constraints.txt

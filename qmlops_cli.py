@@ -1,4 +1,4 @@
-"""The ``qmlops`` command line: ``qmlops train`` runs the training flow."""
+"""The ``qmlops`` command line: ``qmlops train``, ``qmlops score`` and ``qmlops sweep``."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ from typing import Any, get_args
 
 from pydantic import ValidationError
 
-from qmlops.config import CircuitConfig, DatasetConfig, TrackingConfig, TrainingConfig
+from qmlops.config import (
+    CircuitConfig,
+    DatasetConfig,
+    ScoringConfig,
+    TrackingConfig,
+    TrainingConfig,
+)
+from qmlops.sweep import SweepExecution
 
 EXIT_BAD_INPUT = 2
 
@@ -76,7 +83,171 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="default: $MLFLOW_TRACKING_URI or sqlite:///./mlruns/mlflow.db",
     )
+    score = commands.add_parser(
+        "score",
+        help="score a CSV or Parquet file with a registered model (default: its champion)",
+        description="Run the `score` flow: predictions and probabilities, recorded in MLflow.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    score.add_argument("--input", required=True, metavar="PATH", help="CSV or Parquet file")
+    score.add_argument("--model-name", default="qmlops-classifier")
+    score.add_argument("--version", type=int, default=None, help="default: the champion")
+    score.add_argument("--output", metavar="PATH", help="also write predictions (.csv/.parquet)")
+    score.add_argument("--experiment", default="qmlops-scoring")
+    score.add_argument("--tracking-uri", default=None, help="default: as for train")
+    _add_sweep_parser(commands)
     return parser
+
+
+SWEEP_AXIS_OPTIONS: dict[str, tuple[str, Any]] = {
+    # option dest: (space key, value type)
+    "dataset": ("dataset", str),
+    "qubits": ("qubits", int),
+    "feature_map": ("feature_map", str),
+    "ansatz": ("ansatz", str),
+    "reps": ("reps", int),
+    "entanglement": ("entanglement", str),
+    "optimizer": ("optimizer", str),
+    "learning_rate": ("learning_rate", float),
+    "maxiter": ("maxiter", int),
+    "batch_size": ("batch_size", _optional_int),
+    "shots": ("shots", _optional_int),
+    "seed": ("seed", int),
+    "samples": ("samples", int),
+}
+
+
+def _add_sweep_parser(commands: Any) -> None:
+    sweep = commands.add_parser(
+        "sweep",
+        help="train many configurations in parallel (threads or Ray) and compare them in MLflow",
+        description="Run the `sweep` flow over a search space: a YAML/JSON file (fixed settings "
+        "at the top, `grid:` axes, a `random:` section) and/or the axis options below. An axis "
+        "option with one value fixes that setting, with several values it becomes a grid axis; "
+        "it replaces what the file says about it.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    sweep.add_argument("--space", metavar="FILE", help="search space, .yaml/.yml or .json")
+    axes = sweep.add_argument_group("axes (one value: fixed; several: grid)")
+    for dest, (_, kind) in SWEEP_AXIS_OPTIONS.items():
+        axes.add_argument(
+            "--" + dest.replace("_", "-"), dest=dest, nargs="+", type=kind, metavar="V"
+        )
+    run = sweep.add_argument_group("execution")
+    run.add_argument("--max-parallel", type=int, default=2, help="configurations at once")
+    run.add_argument("--runner", choices=["threads", "ray"], default="threads")
+    run.add_argument(
+        "--ray-address",
+        default=None,
+        help="Ray cluster to join (default: $RAY_ADDRESS, else local)",
+    )
+    run.add_argument("--result-storage", default=None, help="folder or Prefect storage block slug")
+    run.add_argument(
+        "--select-by",
+        default="test_accuracy",
+        choices=_choices(SweepExecution, "selection_metric"),
+        help="metric that picks the best configuration (highest wins)",
+    )
+    run.add_argument("--register-best", action="store_true", help="register the best model")
+    track = sweep.add_argument_group("tracking")
+    track.add_argument("--experiment", default="qmlops-sweeps")
+    track.add_argument("--model-name", default="qmlops-classifier")
+    track.add_argument("--tracking-uri", default=None)
+
+
+def sweep_params_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the validated ``sweep`` flow parameters from the command line.
+
+    Raises:
+        qmlops.errors.ConfigurationError: For a bad space file or axis values.
+        pydantic.ValidationError: For out-of-range execution or tracking options.
+    """
+    from qmlops.sweep import expand, load_space, override_axes, parse_space
+
+    document = load_space(args.space).model_dump() if args.space else {}
+    if document:
+        document = {
+            **document.pop("fixed"),
+            **{k: v for k, v in document.items() if v not in (None, {})},
+        }
+        if "random" in document:
+            random = document["random"]
+            document["random"] = {
+                "samples": random["samples"],
+                "seed": random["seed"],
+                **{key: {spec["kind"]: spec["values"]} for key, spec in random["axes"].items()},
+            }
+    overrides = {
+        space_key: getattr(args, dest)
+        for dest, (space_key, _) in SWEEP_AXIS_OPTIONS.items()
+        if getattr(args, dest) is not None
+    }
+    space = parse_space(override_axes(document, overrides))
+    expand(space)  # every configuration is validated now, before a flow run starts
+    return {
+        "space": space,
+        "execution": SweepExecution(
+            runner=args.runner,
+            max_parallel=args.max_parallel,
+            ray_address=args.ray_address,
+            result_storage=args.result_storage,
+            selection_metric=args.select_by,
+            register_best=args.register_best,
+        ),
+        "tracking": TrackingConfig(
+            experiment=args.experiment,
+            model_name=args.model_name,
+            register_model=args.register_best,
+            tracking_uri=args.tracking_uri,
+        ),
+    }
+
+
+def _print_sweep_summary(result: dict[str, Any]) -> None:
+    rows = result["rows"]
+    metric = result["selection_metric"]
+    columns = ["configuration", "status", *rows[0]] if rows else []
+    columns = list(dict.fromkeys(c for c in columns if c not in ("mlflow_run_id", "error")))
+
+    def cell(value: Any) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+    print()
+    _print_table(columns, [[cell(row.get(c)) for c in columns] for row in rows])
+    for row in rows:
+        if row["error"]:
+            print(f"{row['configuration']} failed: {row['error']}")
+    print()
+    best = result["best"]
+    if best is None:
+        print("no configuration completed")
+    else:
+        print(f"best             {best['configuration']} ({metric} {best[metric]:.3f})")
+        print(f"rule             {result['selection_rule']}")
+        if result.get("registered_version"):
+            print(f"registered as    version {result['registered_version']}")
+    print(f"MLflow run id    {result['run_id']} (parent; one child run per configuration)")
+    uri = result["tracking_uri"]
+    print(f"open the UI      mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+
+
+def _main_sweep(args: argparse.Namespace) -> int:
+    from qmlops.errors import InputError
+
+    try:
+        params = sweep_params_from_args(args)
+    except (InputError, ValidationError) as error:
+        print(f"qmlops: invalid sweep:\n{error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    from flows.sweep import sweep
+
+    try:
+        result = sweep(**params)
+    except InputError as error:
+        print(f"qmlops: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    _print_sweep_summary(result)
+    return 0 if result["best"] is not None else 1
 
 
 def _default_qubits(args: argparse.Namespace) -> int:
@@ -130,16 +301,20 @@ def configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
     }
 
 
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+
+
 def _print_summary(result: dict[str, Any]) -> None:
     from qmlops.metrics import METRIC_NAMES
     from qmlops.model_summary import summary_rows
 
     header = ["model", *METRIC_NAMES]
     rows = summary_rows({name: {"metrics": m} for name, m in result["metrics"].items()})
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
     print()
-    for row in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+    _print_table(header, rows)
     print()
     print(f"training time    {result['fit_time_s']:.2f} s on the {result['backend']} engine")
     print(f"MLflow run id    {result['run_id']}")
@@ -150,24 +325,53 @@ def _print_summary(result: dict[str, Any]) -> None:
     print(f"open the UI      mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
 
 
+def score_configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the validated parameters of the score flow.
+
+    Raises:
+        pydantic.ValidationError: For out-of-range or unknown values.
+    """
+    return {
+        "scoring": ScoringConfig(
+            input_path=args.input,
+            model_name=args.model_name,
+            model_version=args.version,
+            output_path=args.output,
+            experiment=args.experiment,
+            tracking_uri=args.tracking_uri,
+        )
+    }
+
+
+def _print_scored(result: dict[str, Any]) -> None:
+    print(f"scored {result['n_rows']} rows with {result['model_uri']}")
+    print(f"MLflow run id    {result['run_id']} ({result['predictions_artifact']})")
+    if result["output_path"]:
+        print(f"predictions      {result['output_path']}")
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``qmlops`` command."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
+    if args.command == "sweep":
+        return _main_sweep(args)
+    scoring = args.command == "score"
     try:
-        params = configs_from_args(args)
+        params = score_configs_from_args(args) if scoring else configs_from_args(args)
     except ValidationError as error:
         print(f"qmlops: invalid options:\n{error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from flows.score import score
     from flows.train import train
     from qmlops.errors import InputError
 
     try:
-        result = train(**params)
+        result = score(**params) if scoring else train(**params)
     except InputError as error:
         print(f"qmlops: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    _print_summary(result)
+    (_print_scored if scoring else _print_summary)(result)
     return 0
 
 

@@ -404,9 +404,11 @@ def demo_parameters(tracking_uri: str) -> dict[str, Any]:
 
 
 def plain_script(params: dict[str, Any]) -> None:
-    """The train flow's work without Prefect: the same core calls and MLflow logging."""
+    """The train flow's work without Prefect: the same core calls, MLflow logging and gate."""
+    from qmlops.config import PromotionConfig
     from tasks import data, evaluation, tracking, training
 
+    promotion = params.get("promotion", PromotionConfig())
     dataset, circuit, train, track = (
         params[k] for k in ("dataset", "circuit", "training", "tracking")
     )
@@ -421,6 +423,7 @@ def plain_script(params: dict[str, Any]) -> None:
         "circuit": circuit.model_dump(),
         "training": train.model_dump(),
         "tracking": track.model_dump(exclude={"tracking_uri"}),
+        "promotion": promotion.model_dump(),
     }
     tracking.log_run_inputs.fn(run, configs, loaded)
     model = training.build_classifier(circuit, train)
@@ -429,9 +432,11 @@ def plain_script(params: dict[str, Any]) -> None:
     evaluations = evaluation.evaluate_models.fn({"quantum": model, **baselines}, prepared)
     tracking.log_training.fn(run, model)
     tracking.log_evaluation.fn(run, evaluations)
-    tracking.log_model.fn(
+    logged = tracking.log_model.fn(
         run, model, prepared, list(loaded.feature_names), track.model_name, track.register_model
     )
+    if logged.registered_version:
+        tracking.promote_model.fn(run, logged, evaluations, loaded.fingerprint, promotion)
     tracking.end_tracking_run.fn(run, "FINISHED")
 
 

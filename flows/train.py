@@ -9,7 +9,14 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from qmlops.classifier import QuantumClassifier
-from qmlops.config import CircuitConfig, DatasetConfig, TrackingConfig, TrainingConfig
+from qmlops.config import (
+    CircuitConfig,
+    DatasetConfig,
+    PromotionConfig,
+    TrackingConfig,
+    TrainingConfig,
+)
+from qmlops.promotion import PromotionDecision
 from tasks.data import load_dataset, preprocess_features
 from tasks.evaluation import evaluate_models
 from tasks.reporting import publish_summary
@@ -19,6 +26,7 @@ from tasks.tracking import (
     log_model,
     log_run_inputs,
     log_training,
+    promote_model,
     start_tracking_run,
 )
 from tasks.training import build_classifier, train_baselines, train_classifier
@@ -41,6 +49,7 @@ def train(
     circuit: CircuitConfig = CircuitConfig(),  # noqa: B008
     training: TrainingConfig = TrainingConfig(),  # noqa: B008
     tracking: TrackingConfig = TrackingConfig(),  # noqa: B008
+    promotion: PromotionConfig = PromotionConfig(),  # noqa: B008
 ) -> dict[str, Any]:
     """Train a variational quantum classifier and classical baselines, track everything.
 
@@ -49,6 +58,7 @@ def train(
         circuit: Feature map and ansatz.
         training: Optimizer and simulator settings.
         tracking: MLflow experiment, registered model name and tracking URI.
+        promotion: When the registered version takes the `champion` alias.
 
     Returns:
         The MLflow run id, model URI, registered version and test metrics per model.
@@ -75,6 +85,7 @@ def train(
                 "circuit": circuit.model_dump(),
                 "training": training.model_dump(),
                 "tracking": tracking.model_dump(exclude={"tracking_uri"}),
+                "promotion": promotion.model_dump(),
             },
             data,
         )
@@ -91,6 +102,9 @@ def train(
             tracking.model_name,
             tracking.register_model,
         )
+        decision: PromotionDecision | None = None
+        if model.registered_version:
+            decision = promote_model(run, model, evaluations, data.fingerprint, promotion)
         publish_summary(
             evaluations,
             {
@@ -104,6 +118,7 @@ def train(
                 ),
                 "training": f"{classifier.n_iter_} iterations on {classifier.backend_} in "
                 f"{classifier.fit_time_:.2f} s",
+                "champion gate": "not registered" if decision is None else decision.summary(),
             },
         )
     except BaseException as error:
@@ -120,6 +135,7 @@ def train(
         "metrics": {name: evaluation["metrics"] for name, evaluation in evaluations.items()},
         "fit_time_s": classifier.fit_time_,
         "backend": classifier.backend_,
+        "promotion": None if decision is None else decision.tags(),
     }
 
 

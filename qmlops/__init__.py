@@ -10,6 +10,8 @@ from qmlops.errors import (
     DatasetError,
     InputError,
     ModelFormatError,
+    ModelNotFoundError,
+    SchemaMismatchError,
     SimulationError,
     SizeLimitError,
 )
@@ -19,7 +21,9 @@ __all__ = [
     "DatasetError",
     "InputError",
     "ModelFormatError",
+    "ModelNotFoundError",
     "QuantumClassifier",
+    "SchemaMismatchError",
     "SimulationError",
     "SizeLimitError",
 ]

@@ -8,11 +8,15 @@ names, so the estimator is built from ``**circuit.model_dump(), **training.model
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, model_validator
 
 DatasetName = Literal["iris", "wine", "breast_cancer", "moons", "circles", "ad_hoc"]
+MetricName = Literal["accuracy", "balanced_accuracy", "f1_macro", "roc_auc"]
+ModelName = Annotated[
+    str, StringConstraints(min_length=1, max_length=200, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$")
+]
 
 
 class _Config(BaseModel):
@@ -90,14 +94,43 @@ class TrackingConfig(_Config):
     experiment: str = Field(
         "qmlops", min_length=1, max_length=200, description="MLflow experiment name."
     )
-    model_name: str = Field(
-        "qmlops-classifier",
-        min_length=1,
-        max_length=200,
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9_.\-]*$",
-        description="Registered model name.",
-    )
+    model_name: ModelName = Field("qmlops-classifier", description="Registered model name.")
     register_model: bool = Field(True, description="Register the model in the MLflow registry.")
+    tracking_uri: str | None = Field(
+        None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlruns)."
+    )
+
+
+class PromotionConfig(_Config):
+    """When a newly registered model version takes the ``champion`` alias."""
+
+    metric: MetricName = Field(
+        "accuracy", description="Held-out test metric that decides (higher is better)."
+    )
+    margin: float = Field(
+        0.0, ge=0.0, le=1.0, description="Required lead over the current champion's metric."
+    )
+    require_beat_baseline: bool = Field(
+        True, description="Also require beating the best classical baseline on the same metric."
+    )
+
+
+class ScoringConfig(_Config):
+    """Batch scoring: which registered model scores which file."""
+
+    input_path: str = Field(
+        min_length=1, description="CSV or Parquet file with the model's feature columns."
+    )
+    model_name: ModelName = Field("qmlops-classifier", description="Registered model name.")
+    model_version: int | None = Field(
+        None, ge=1, description="Registered version (empty: the `champion` alias)."
+    )
+    output_path: str | None = Field(
+        None, description="Also write the predictions here (.csv or .parquet)."
+    )
+    experiment: str = Field(
+        "qmlops-scoring", min_length=1, max_length=200, description="MLflow experiment name."
+    )
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlruns)."
     )

@@ -162,6 +162,37 @@ def load_file(path: Path, target: str) -> Dataset:
         DatasetError: If the file is missing, empty, ragged, lacks the target column, has
             non-numeric feature columns or NaN/infinite values.
     """
+    frame = read_table(path)
+    if target not in frame.columns:
+        raise DatasetError(
+            f"target column {target!r} not found in {path.name}; columns: {list(frame.columns)}"
+        )
+    labels = frame[target]
+    if labels.isna().any():
+        raise DatasetError(f"target column {target!r} has missing labels")
+    feature_frame = frame.drop(columns=[target])
+    if feature_frame.shape[1] == 0:
+        raise DatasetError(f"{path.name} has no feature columns besides {target!r}")
+    non_numeric = non_numeric_columns(feature_frame)
+    if non_numeric:
+        raise DatasetError(f"non-numeric feature columns in {path.name}: {non_numeric}")
+    features = feature_frame.to_numpy(dtype=np.float64)
+    names = tuple(str(c) for c in feature_frame.columns)
+    return _validated(path.name, features, labels.to_numpy(), names, target, str(path))
+
+
+def read_table(path: Path) -> pd.DataFrame:
+    """Read a CSV or Parquet file into a DataFrame, refusing unreadable or empty files.
+
+    Args:
+        path: File path (``.csv``, ``.parquet`` or ``.pq``).
+
+    Returns:
+        The table, with at least one row.
+
+    Raises:
+        DatasetError: If the file is missing, of another type, empty, ragged or unparsable.
+    """
     if not path.is_file():
         raise DatasetError(f"data file not found: {path}")
     suffix = path.suffix.lower()
@@ -182,27 +213,16 @@ def load_file(path: Path, target: str) -> Dataset:
             raise DatasetError(f"cannot read Parquet file {path.name}: {error}") from None
     if frame.shape[0] == 0:
         raise DatasetError(f"data file has no rows: {path}")
-    if target not in frame.columns:
-        raise DatasetError(
-            f"target column {target!r} not found in {path.name}; columns: {list(frame.columns)}"
-        )
-    labels = frame[target]
-    if labels.isna().any():
-        raise DatasetError(f"target column {target!r} has missing labels")
-    feature_frame = frame.drop(columns=[target])
-    if feature_frame.shape[1] == 0:
-        raise DatasetError(f"{path.name} has no feature columns besides {target!r}")
-    non_numeric = [
+    return frame
+
+
+def non_numeric_columns(frame: pd.DataFrame) -> list[str]:
+    """Names of the columns that are not numeric features (booleans and text included)."""
+    return [
         str(c)
-        for c in feature_frame.columns
-        if not pd.api.types.is_numeric_dtype(feature_frame[c])
-        or pd.api.types.is_bool_dtype(feature_frame[c])
+        for c in frame.columns
+        if not pd.api.types.is_numeric_dtype(frame[c]) or pd.api.types.is_bool_dtype(frame[c])
     ]
-    if non_numeric:
-        raise DatasetError(f"non-numeric feature columns in {path.name}: {non_numeric}")
-    features = feature_frame.to_numpy(dtype=np.float64)
-    names = tuple(str(c) for c in feature_frame.columns)
-    return _validated(path.name, features, labels.to_numpy(), names, target, str(path))
 
 
 def _check_csv_shape(path: Path) -> None:

@@ -24,6 +24,14 @@ class SizeLimitError(InputError):
     """A circuit or training job would exceed the configured memory or evaluation limits."""
 
 
+class SchemaMismatchError(DatasetError):
+    """Input columns to score do not match the model's signature (missing, extra or mistyped)."""
+
+
+class ModelNotFoundError(InputError):
+    """The registry holds no such model, version or ``champion`` alias."""
+
+
 class SimulationError(RuntimeError):
     """The simulator failed or returned invalid numbers (possibly transient)."""
 

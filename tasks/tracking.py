@@ -34,8 +34,11 @@ from prefect.cache_policies import NO_CACHE
 from qmlops import plots
 from qmlops.circuits import circuit_summary
 from qmlops.classifier import QuantumClassifier
+from qmlops.config import PromotionConfig
 from qmlops.data import Dataset
+from qmlops.errors import ModelNotFoundError
 from qmlops.model import model_document
+from qmlops.promotion import CHAMPION_ALIAS, ChampionRecord, PromotionDecision, decide_promotion
 from tasks.data import PreparedData
 from tasks.policy import RETRIES, RETRY_DELAY_SECONDS, retry_if_transient
 
@@ -360,4 +363,268 @@ def log_model(
         return LoggedModel(model_uri, None, None)
     version = mlflow.register_model(model_uri, model_name)
     client.set_tag(run.run_id, "registered_model", f"{model_name}/{version.version}")
+    return LoggedModel(model_uri, model_name, str(version.version))
+
+
+def _read_champion(client: MlflowClient, model_name: str, metric: str) -> ChampionRecord | None:
+    version_number = client.get_registered_model(model_name).aliases.get(CHAMPION_ALIAS)
+    if version_number is None:
+        return None
+    version = client.get_model_version(model_name, str(version_number))
+    tags = dict(version.tags)
+    value: str | float | None = tags.get(f"test_{metric}")
+    fingerprint = tags.get("dataset.fingerprint")
+    if (value is None or fingerprint is None) and version.run_id:
+        # Versions registered before the gate existed carry their figures on the run only.
+        run = client.get_run(version.run_id)
+        value = run.data.metrics.get(f"test_{metric}", value)
+        fingerprint = run.data.tags.get("dataset.fingerprint", fingerprint)
+    return ChampionRecord(
+        version=str(version.version),
+        metric=None if value is None else float(value),
+        fingerprint=fingerprint or "",
+    )
+
+
+@task(
+    name="promote-model",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def promote_model(
+    run: TrackedRun,
+    model: LoggedModel,
+    evaluations: dict[str, dict[str, Any]],
+    fingerprint: str,
+    config: PromotionConfig,
+) -> PromotionDecision:
+    """Gate the ``champion`` alias: move it to the new version only if the version beats it.
+
+    The new version is tagged with its held-out metrics and dataset fingerprint (what a later
+    gate compares against); the decision and the compared figures become ``promotion.*`` tags
+    of the run. See :func:`qmlops.promotion.decide_promotion` for the rule.
+
+    Returns:
+        The decision.
+    """
+    if model.registered_name is None or model.registered_version is None:
+        raise ValueError("only a registered model version can be promoted")
+    client = run.client()
+    model_name, version = model.registered_name, model.registered_version
+    quantum = evaluations["quantum"]["metrics"]
+    champion = _read_champion(client, model_name, config.metric)
+    for key, value in {
+        **{f"test_{metric}": str(value) for metric, value in quantum.items()},
+        "dataset.fingerprint": fingerprint,
+    }.items():
+        client.set_model_version_tag(model_name, version, key, value)
+    if champion is not None and champion.version == version:
+        # A retry after the alias moved: the decision was already taken and applied.
+        champion = None
+    decision = decide_promotion(
+        quantum,
+        {name: e["metrics"] for name, e in evaluations.items() if name != "quantum"},
+        champion,
+        fingerprint,
+        config,
+    )
+    if decision.promote:
+        client.set_registered_model_alias(model_name, CHAMPION_ALIAS, version)
+    client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in decision.tags().items()])
+    return decision
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """A registered model version loaded for scoring."""
+
+    name: str
+    version: str
+    uri: str
+    input_columns: list[str]
+    pyfunc: Any
+
+
+@task(
+    name="load-registered-model",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def load_registered_model(
+    tracking_uri: str | None, model_name: str, version: int | None = None
+) -> RegisteredModel:
+    """Load ``models:/<name>/<version>``, or the version the ``champion`` alias points at.
+
+    Raises:
+        ModelNotFoundError: When the model, the version or the alias does not exist.
+    """
+    uri = resolve_tracking_uri(tracking_uri)
+    client = MlflowClient(tracking_uri=uri)
+    try:
+        if version is None:
+            aliases = client.get_registered_model(model_name).aliases
+            if CHAMPION_ALIAS not in aliases:
+                raise ModelNotFoundError(
+                    f"registered model {model_name!r} has no {CHAMPION_ALIAS!r} alias yet"
+                )
+            resolved = str(aliases[CHAMPION_ALIAS])
+        else:
+            resolved = str(client.get_model_version(model_name, str(version)).version)
+    except mlflow.exceptions.MlflowException as error:
+        if error.error_code != "RESOURCE_DOES_NOT_EXIST":
+            raise
+        which = model_name if version is None else f"{model_name} version {version}"
+        raise ModelNotFoundError(f"no registered model {which} in {uri}") from None
+    model_uri = f"models:/{model_name}/{resolved}"
+    mlflow.set_tracking_uri(uri)
+    pyfunc = mlflow.pyfunc.load_model(model_uri)
+    schema = pyfunc.metadata.get_input_schema()
+    if schema is None:
+        raise ModelNotFoundError(f"{model_uri} has no input signature to check input against")
+    return RegisteredModel(
+        name=model_name,
+        version=resolved,
+        uri=model_uri,
+        input_columns=[str(c) for c in schema.input_names()],
+        pyfunc=pyfunc,
+    )
+
+
+@task(
+    name="log-predictions",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def log_predictions(
+    run: TrackedRun, params: dict[str, str], predictions: pd.DataFrame, file_name: str
+) -> str:
+    """Record a scoring run: its parameters, the row count and the predictions file.
+
+    Returns:
+        The artifact path of the predictions inside the run.
+    """
+    client = run.client()
+    client.log_batch(
+        run.run_id,
+        params=[Param(key, value[:6000]) for key, value in params.items()],
+        metrics=[Metric("n_rows", float(len(predictions)), int(time.time() * 1000), 0)],
+    )
+    with tempfile.TemporaryDirectory() as folder:
+        path = Path(folder) / file_name
+        predictions.to_csv(path, index=False)
+        client.log_artifact(run.run_id, str(path), artifact_path="predictions")
+    return f"predictions/{file_name}"
+
+
+# -- sweeps: the parent run of a sweep ---------------------------------------------------
+
+
+@task(
+    name="log-sweep-inputs",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def log_sweep_inputs(run: TrackedRun, configs: dict[str, dict[str, Any]], space: str) -> None:
+    """Log a sweep's settings and package versions as params, its search space as JSON."""
+    params: dict[str, str] = {}
+    for section, values in configs.items():
+        params.update(_flatten(section, values))
+    params.update(_flatten("version", package_versions()))
+    run.client().log_batch(
+        run.run_id, params=[Param(key, value[:6000]) for key, value in params.items()]
+    )
+    run.client().log_text(run.run_id, space, "sweep/search_space.json")
+
+
+@task(
+    name="log-sweep-comparison",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def log_sweep_comparison(
+    run: TrackedRun,
+    rows: list[dict[str, Any]],
+    outcomes: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+    metric: str,
+    rule: str,
+    baseline_metrics: dict[str, dict[str, float]],
+) -> None:
+    """Log the comparison table (CSV and JSON), the figures, the best configuration, baselines.
+
+    Baseline metrics are logged as ``<baseline>_test_<metric>`` (prefixed with the data key
+    when the sweep covers several datasets or qubit counts).
+    """
+    from qmlops import sweep_report
+
+    client = run.client()
+    with tempfile.TemporaryDirectory() as folder:
+        table = Path(folder) / "comparison.csv"
+        pd.DataFrame(rows).to_csv(table, index=False)
+        client.log_artifact(run.run_id, str(table), artifact_path="sweep")
+    client.log_text(
+        run.run_id,
+        json.dumps({"metric": metric, "rule": rule, "best": best, "rows": rows}, indent=2),
+        "sweep/comparison.json",
+    )
+    figures = {
+        "accuracy_vs_parameters.png": sweep_report.accuracy_vs_parameters_figure(rows, metric),
+        "accuracy_vs_time.png": sweep_report.accuracy_vs_time_figure(rows, metric),
+        "loss_curves.png": sweep_report.loss_curves_figure(outcomes),
+    }
+    for name, figure in figures.items():
+        _save_figure(client, run.run_id, figure, name)
+    now = int(time.time() * 1000)
+    metrics = [
+        Metric("configurations_completed", float(sum(r["status"] == "completed" for r in rows)),
+               now, 0),
+        Metric("configurations_failed", float(sum(r["status"] == "failed" for r in rows)), now, 0),
+    ]  # fmt: skip
+    several = len(baseline_metrics) > 1
+    for data_key, by_baseline in baseline_metrics.items():
+        prefix = f"{data_key}." if several else ""
+        metrics += [
+            Metric(f"{prefix}{name}", float(value), now, 0)
+            for name, value in by_baseline.items()
+            if np.isfinite(value)
+        ]
+    tags = [RunTag("sweep.selection_metric", metric), RunTag("sweep.selection_rule", rule)]
+    if best is not None:
+        metrics.append(Metric(f"best_{metric}", float(best[metric]), now, 0))
+        tags += [
+            RunTag("sweep.best_configuration", str(best["configuration"])),
+            RunTag("sweep.best_run_id", str(best["mlflow_run_id"])),
+        ]
+    client.log_batch(run.run_id, metrics=metrics, tags=tags)
+
+
+@task(
+    name="register-best-model",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def register_run_model(run: TrackedRun, child_run_id: str, model_name: str) -> LoggedModel:
+    """Register the model a (child) run logged, and tag the parent run with the version."""
+    client = run.client()
+    outputs = client.get_run(child_run_id).outputs
+    model_ids = [output.model_id for output in (outputs.model_outputs if outputs else [])]
+    if not model_ids:
+        raise LookupError(f"run {child_run_id} logged no model")
+    mlflow.set_tracking_uri(run.tracking_uri)
+    model_uri = f"models:/{model_ids[0]}"
+    version = mlflow.register_model(model_uri, model_name)
+    client.set_tag(run.run_id, "registered_model", f"{model_name}/{version.version}")
+    client.set_tag(child_run_id, "registered_model", f"{model_name}/{version.version}")
     return LoggedModel(model_uri, model_name, str(version.version))

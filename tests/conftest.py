@@ -7,6 +7,8 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import services
+from services import RunningService
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
@@ -28,3 +30,21 @@ def mlflow_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> str:
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.chdir(tmp_path)
     return uri
+
+
+@pytest.fixture(scope="session")
+def prefect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    """A real ``prefect server start`` on a free loopback port, shared by the session.
+
+    Clients reach it by running with ``prefect_server_env``-style variables, typically in a
+    subprocess, so the in-process ``prefect_harness`` stays untouched.
+    """
+    with services.prefect_server(tmp_path_factory.mktemp("prefect-server")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningService]:
+    """A real MLflow tracking server (SQLite + served artifacts) on a free loopback port."""
+    with services.mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as server:
+        yield server

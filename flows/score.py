@@ -1,0 +1,91 @@
+"""The ``score`` flow: a registered model (the champion by default) scores a batch file."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
+
+from qmlops.config import ScoringConfig
+from qmlops.scoring import check_output_path, write_table
+from tasks.scoring import check_input_columns, predict_batch, read_scoring_input
+from tasks.tracking import (
+    end_tracking_run,
+    load_registered_model,
+    log_predictions,
+    start_tracking_run,
+)
+
+
+@flow(name="score", log_prints=True)
+def score(scoring: ScoringConfig) -> dict[str, Any]:
+    """Score a CSV or Parquet file with a registered model and record the run in MLflow.
+
+    Args:
+        scoring: Input file, model name and version (default: the `champion` alias), output
+            file and MLflow experiment.
+
+    Returns:
+        The MLflow run id, the model URI used, the row count and where predictions went.
+
+    Raises:
+        qmlops.SchemaMismatchError: When the input's columns do not match the model's signature.
+        qmlops.ModelNotFoundError: When the model, version or champion alias does not exist.
+    """
+    if scoring.output_path is not None:
+        check_output_path(scoring.output_path)
+    model = load_registered_model(scoring.tracking_uri, scoring.model_name, scoring.model_version)
+    frame = read_scoring_input(scoring.input_path)
+    features = check_input_columns(frame, model.input_columns)
+    predictions = predict_batch(model.pyfunc, features)
+
+    run = start_tracking_run(
+        scoring.tracking_uri,
+        scoring.experiment,
+        run_name=str(flow_run.name or "score"),
+        tags={
+            "prefect.flow_run_id": str(flow_run.id or ""),
+            "prefect.flow_run_name": str(flow_run.name or ""),
+            "prefect.flow_name": "score",
+            "model_uri": model.uri,
+        },
+    )
+    try:
+        artifact = log_predictions(
+            run,
+            {
+                "model_name": model.name,
+                "model_version": model.version,
+                "input_path": str(Path(scoring.input_path).resolve()),
+                "output_path": scoring.output_path or "",
+            },
+            predictions,
+            "predictions.csv",
+        )
+        if scoring.output_path is not None:
+            write_table(predictions, scoring.output_path)
+        create_markdown_artifact(
+            markdown=(
+                f"## Scored {len(predictions)} rows with {model.uri}\n\n"
+                f"- **MLflow run**: {run.run_id} in {run.tracking_uri} (`{artifact}`)\n"
+                f"- **output file**: {scoring.output_path or 'none'}\n"
+            ),
+            key="score-summary",
+            description="qmlops batch scoring",
+        )
+    except BaseException as error:
+        end_tracking_run(run, "FAILED", f"{type(error).__name__}: {error}")
+        raise
+    end_tracking_run(run, "FINISHED")
+    return {
+        "run_id": run.run_id,
+        "tracking_uri": run.tracking_uri,
+        "model_uri": model.uri,
+        "model_version": model.version,
+        "n_rows": len(predictions),
+        "predictions_artifact": artifact,
+        "output_path": scoring.output_path,
+    }

@@ -1,0 +1,250 @@
+"""The ``sweep`` flow: many configurations in parallel, one parent MLflow run, one comparison.
+
+``sweep`` expands the search space, opens the parent MLflow run and hands the configurations
+to the nested flow ``sweep-configurations``, whose task runner is the one the parameters ask
+for (threads or Ray): it prepares each dataset once (split, encoder, classical baselines) and
+fans out one ``train-configuration`` task per configuration. ``sweep`` then publishes the
+comparison (Prefect table artifact, MLflow CSV/JSON and figures) and names the best
+configuration.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from prefect import flow, task
+from prefect.artifacts import create_table_artifact
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
+from prefect.settings import get_current_settings
+from threadpoolctl import threadpool_limits
+
+from qmlops.config import TrackingConfig
+from qmlops.errors import InputError
+from qmlops.metrics import METRIC_NAMES
+from qmlops.sweep import (
+    SearchSpace,
+    SweepConfiguration,
+    SweepExecution,
+    available_cores,
+    expand,
+    split_seed,
+    threads_per_training,
+)
+from qmlops.sweep_report import comparison_rows, outcome, select_best, selection_rule
+from tasks.data import load_dataset, preprocess_features
+from tasks.evaluation import evaluate_models
+from tasks.sweep import configuration_task, data_key_label, make_task_runner
+from tasks.tracking import (
+    TrackedRun,
+    end_tracking_run,
+    log_sweep_comparison,
+    log_sweep_inputs,
+    register_run_model,
+    start_tracking_run,
+)
+from tasks.training import train_baselines
+
+DEFAULT_TRACKING = TrackingConfig(experiment="qmlops-sweeps", register_model=False)
+
+
+@task(name="expand-search-space", retries=0, cache_policy=NO_CACHE)
+def expand_search_space(space: SearchSpace) -> list[SweepConfiguration]:
+    """Every configuration of the space, validated (bad input fails here, before any run)."""
+    return expand(space)
+
+
+def _error_text(error: BaseException) -> str:
+    return f"{type(error).__name__}: {error}"
+
+
+def _failure(state: Any) -> str:
+    try:
+        state.result(raise_on_failure=True)
+    except BaseException as error:  # noqa: BLE001 - the sweep reports it and goes on
+        return _error_text(error)
+    return str(state.message or state.type)
+
+
+@flow(name="sweep-configurations", log_prints=True)
+def train_configurations(
+    configurations: list[SweepConfiguration],
+    split_random_state: int,
+    parent: TrackedRun,
+    experiment: str,
+    execution: SweepExecution,
+    model_name: str,
+) -> dict[str, Any]:
+    """Prepare each dataset once, then train every configuration on this flow's task runner.
+
+    Returns:
+        ``outcomes`` (one per configuration, in order) and ``baselines`` (test metrics of the
+        classical baselines per data set).
+    """
+    threads = threads_per_training(execution.max_parallel, available_cores())
+    own_process = execution.runner == "ray"
+    outcomes: dict[str, dict[str, Any]] = {}
+    baselines: dict[str, dict[str, float]] = {}
+    futures = []
+    train_configuration = configuration_task(execution)
+    # BLAS thread limits are process-wide: set once here for all concurrent threads.
+    with threadpool_limits(limits=None if own_process else threads, user_api="blas"):
+        groups: dict[tuple[str, int], list[SweepConfiguration]] = {}
+        for configuration in configurations:
+            groups.setdefault(configuration.data_key, []).append(configuration)
+        for group in groups.values():
+            first = group[0]
+            label = data_key_label(first.dataset, first.circuit.n_qubits)
+            try:
+                data = load_dataset(first.dataset)
+                prepared = preprocess_features(
+                    data, first.dataset, first.circuit.n_qubits, split_random_state
+                )
+            except InputError as error:
+                for configuration in group:
+                    outcomes[configuration.name] = outcome(
+                        configuration.name, configuration.varied, error=_error_text(error)
+                    )
+                continue
+            evaluations = evaluate_models(train_baselines(prepared, split_random_state), prepared)
+            baselines[label] = {
+                f"{name}_test_{metric}": evaluation["metrics"][metric]
+                for name, evaluation in evaluations.items()
+                for metric in METRIC_NAMES
+            }
+            for configuration in group:
+                futures.append(
+                    (
+                        configuration,
+                        train_configuration.submit(
+                            configuration,
+                            data,
+                            prepared,
+                            evaluations,
+                            parent,
+                            experiment,
+                            threads,
+                            own_process,
+                            model_name,
+                        ),
+                    )
+                )
+        for configuration, future in futures:
+            future.wait()
+            state = future.state
+            if state.is_completed():
+                outcomes[configuration.name] = future.result()
+            else:
+                failure = _failure(state)
+                print(f"configuration {configuration.name} failed: {failure}")
+                outcomes[configuration.name] = outcome(
+                    configuration.name, configuration.varied, error=failure
+                )
+    return {
+        "outcomes": [outcomes[configuration.name] for configuration in configurations],
+        "baselines": baselines,
+    }
+
+
+@task(name="publish-comparison", retries=0, cache_policy=NO_CACHE)
+def publish_comparison(rows: list[dict[str, Any]], best: dict[str, Any] | None, rule: str) -> str:
+    """Publish the comparison as a Prefect table artifact.
+
+    Returns:
+        The artifact's description (names the best configuration and the rule).
+    """
+    winner = "no configuration completed" if best is None else f"best: {best['configuration']}"
+    description = f"qmlops sweep: {len(rows)} configurations; {winner} ({rule})"
+    table = [{key: ("" if value is None else value) for key, value in row.items()} for row in rows]
+    create_table_artifact(table=table, key="sweep-comparison", description=description)
+    return description
+
+
+@flow(name="sweep", log_prints=True)
+def sweep(
+    space: SearchSpace = SearchSpace(),  # noqa: B008 - frozen pydantic defaults
+    execution: SweepExecution = SweepExecution(),  # noqa: B008
+    tracking: TrackingConfig = DEFAULT_TRACKING,
+) -> dict[str, Any]:
+    """Train every configuration of a search space in parallel and compare them.
+
+    Args:
+        space: Fixed settings, grid axes and random axes (see :mod:`qmlops.sweep`).
+        execution: Task runner (threads or Ray), parallelism and how the best is picked.
+        tracking: MLflow experiment, tracking URI and the name the best model is registered
+            under (when ``execution.register_best``).
+
+    Returns:
+        The parent MLflow run id, the comparison rows, the best row and the rule used.
+    """
+    configurations = expand_search_space(space)
+    api_url = get_current_settings().api.url
+    runner = make_task_runner(execution, api_url)  # fails fast on Ray without a server
+    print(f"sweep: {len(configurations)} configurations, runner {execution.runner}")
+    parent = start_tracking_run(
+        tracking.tracking_uri,
+        tracking.experiment,
+        run_name=str(flow_run.name or "sweep"),
+        tags={
+            "prefect.flow_run_id": str(flow_run.id or ""),
+            "prefect.flow_run_name": str(flow_run.name or ""),
+            "prefect.flow_name": "sweep",
+            "sweep.runner": execution.runner,
+        },
+    )
+    try:
+        seed = split_seed(space)
+        log_sweep_inputs(
+            parent,
+            {
+                "sweep": {
+                    "configurations": len(configurations),
+                    "split_seed": seed,
+                    "axes": ",".join(configurations[0].varied) if configurations else "",
+                },
+                "execution": execution.model_dump(),
+                "fixed": dict(space.fixed),
+            },
+            json.dumps(space.model_dump(), indent=2),
+        )
+        results = train_configurations.with_options(task_runner=runner)(
+            configurations,
+            seed,
+            parent,
+            tracking.experiment,
+            execution,
+            tracking.model_name,
+        )
+        rows = comparison_rows(results["outcomes"])
+        metric = execution.selection_metric
+        best = select_best(rows, metric)
+        rule = selection_rule(metric)
+        log_sweep_comparison(
+            parent, rows, results["outcomes"], best, metric, rule, results["baselines"]
+        )
+        publish_comparison(rows, best, rule)
+        registered = None
+        if best is not None and execution.register_best:
+            registered = register_run_model(parent, best["mlflow_run_id"], tracking.model_name)
+        if best is not None:
+            print(f"best configuration: {best['configuration']} {metric}={best[metric]:.3f}")
+    except BaseException as error:
+        end_tracking_run(parent, "FAILED", _error_text(error))
+        raise
+    end_tracking_run(parent, "FINISHED")
+    return {
+        "run_id": parent.run_id,
+        "tracking_uri": parent.tracking_uri,
+        "experiment_id": parent.experiment_id,
+        "rows": rows,
+        "best": best,
+        "selection_metric": metric,
+        "selection_rule": rule,
+        "baselines": results["baselines"],
+        "registered_version": None if registered is None else registered.registered_version,
+    }
+
+
+if __name__ == "__main__":
+    sweep()

@@ -1,0 +1,39 @@
+"""Scoring tasks: read the batch, check it against the model's signature, predict."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from qmlops.data import read_table
+from qmlops.scoring import match_signature
+from tasks.policy import RETRIES, RETRY_DELAY_SECONDS, retry_if_transient
+
+
+@task(
+    name="read-scoring-input",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def read_scoring_input(path: str) -> pd.DataFrame:
+    """Read the CSV or Parquet file to score."""
+    return read_table(Path(path))
+
+
+@task(name="check-input-columns", retries=0, cache_policy=NO_CACHE)
+def check_input_columns(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
+    """Refuse input whose columns do not match the model's signature (never retried)."""
+    return match_signature(frame, columns)
+
+
+@task(name="predict-batch", retries=0, cache_policy=NO_CACHE)
+def predict_batch(model: Any, features: pd.DataFrame) -> pd.DataFrame:
+    """Predict with a loaded pyfunc model: the features plus prediction and probabilities."""
+    predictions = pd.DataFrame(model.predict(features)).reset_index(drop=True)
+    return pd.concat([features.reset_index(drop=True), predictions], axis=1)

@@ -1,0 +1,220 @@
+"""Sweep tasks: train one configuration as a nested MLflow run; choose the task runner.
+
+``train_configuration`` is what the sweep fans out. It reuses the training, evaluation and
+tracking tasks of the ``train`` flow (they run as nested task runs), so every child run is as
+complete as a single training run. It runs in a worker thread (thread runner) or in a Ray
+worker process (``RayTaskRunner``), so everything it needs comes in as arguments and all it
+returns is a JSON-safe outcome (:func:`qmlops.sweep_report.outcome`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from contextlib import ExitStack
+from pathlib import Path
+from typing import Any, cast
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
+from threadpoolctl import threadpool_limits
+
+from qmlops.classifier import QuantumClassifier
+from qmlops.config import DatasetConfig
+from qmlops.data import Dataset
+from qmlops.errors import ConfigurationError
+from qmlops.sweep import SweepConfiguration, SweepExecution
+from qmlops.sweep_report import outcome
+from tasks.data import PreparedData
+from tasks.evaluation import evaluate_models
+from tasks.tracking import (
+    TrackedRun,
+    end_tracking_run,
+    log_evaluation,
+    log_model,
+    log_run_inputs,
+    log_training,
+    start_tracking_run,
+)
+from tasks.training import build_classifier, train_classifier
+
+
+def _size_check(configuration: SweepConfiguration, prepared: PreparedData, n_classes: int) -> None:
+    n_validation = 0 if prepared.X_val is None else prepared.X_val.shape[0]
+    build_classifier(configuration.circuit, configuration.training).plan(
+        prepared.X_train.shape[0], n_validation, prepared.X_train.shape[1], n_classes
+    )
+
+
+@task(
+    name="train-configuration",
+    task_run_name="train-{configuration.name}",
+    retries=0,  # its inner tasks retry transient failures; a failure here is reported
+    cache_policy=NO_CACHE,
+    persist_result=True,
+)
+def train_configuration(
+    configuration: SweepConfiguration,
+    dataset: Dataset,
+    prepared: PreparedData,
+    baseline_evaluations: dict[str, dict[str, Any]],
+    parent: TrackedRun,
+    experiment: str,
+    threads: int,
+    own_process: bool,
+    model_name: str = "qmlops-classifier",
+) -> dict[str, Any]:
+    """Train and evaluate one configuration and record it as a child of the sweep's run.
+
+    The size guard runs before the child run opens; a refused configuration fails this task
+    (the sweep reports it) without leaving a run behind.
+
+    Args:
+        configuration: The configuration.
+        dataset: Its dataset (identity and fingerprint are logged).
+        prepared: The shared split and encoder of its dataset.
+        baseline_evaluations: Test evaluations of the classical baselines on the same split.
+        parent: The sweep's MLflow run.
+        experiment: MLflow experiment of the sweep.
+        threads: OpenMP/BLAS threads this training may use.
+        own_process: Whether this task has its process to itself (Ray): then the process-wide
+            BLAS limit is set here; in threads, the flow sets it once for all.
+        model_name: Name the model is registered under if it wins (recorded only).
+
+    Returns:
+        The outcome record (metrics, time, circuit size, loss curve, child run id).
+    """
+    with ExitStack() as limits:
+        # OpenMP (Aer) limits are per calling thread; BLAS limits are process-wide.
+        limits.enter_context(threadpool_limits(limits=threads, user_api="openmp"))
+        if own_process:
+            limits.enter_context(threadpool_limits(limits=threads, user_api="blas"))
+        _size_check(configuration, prepared, dataset.n_classes)
+        child = start_tracking_run(
+            parent.tracking_uri,
+            experiment,
+            run_name=f"{configuration.name}",
+            tags={
+                "mlflow.parentRunId": parent.run_id,
+                "sweep.configuration": configuration.name,
+                "sweep.parent_run_id": parent.run_id,
+            },
+        )
+        try:
+            log_run_inputs(
+                child,
+                {
+                    "dataset": configuration.dataset.model_dump(),
+                    "circuit": configuration.circuit.model_dump(),
+                    "training": configuration.training.model_dump(),
+                    "sweep": {
+                        "configuration": configuration.name,
+                        **{f"varied.{k}": v for k, v in configuration.varied.items()},
+                        "threads": threads,
+                    },
+                },
+                dataset,
+            )
+            classifier = cast(
+                QuantumClassifier,
+                train_classifier(prepared, configuration.circuit, configuration.training),
+            )
+            evaluations = {
+                **evaluate_models({"quantum": classifier}, prepared),
+                **baseline_evaluations,
+            }
+            log_training(child, classifier)
+            log_evaluation(child, evaluations)
+            log_model(child, classifier, prepared, list(dataset.feature_names), model_name, False)
+        except BaseException as error:
+            end_tracking_run(child, "FAILED", f"{type(error).__name__}: {error}")
+            raise
+        end_tracking_run(child, "FINISHED")
+    from qmlops.circuits import circuit_summary
+
+    validation = classifier.validation_accuracy_curve_
+    return outcome(
+        configuration.name,
+        configuration.varied,
+        run_id=child.run_id,
+        metrics=evaluations["quantum"]["metrics"],
+        validation_accuracy=validation[-1] if validation else None,
+        training_time_s=classifier.fit_time_,
+        size={
+            **circuit_summary(classifier.spec_),
+            "circuit_evaluations": classifier.circuit_evaluations_,
+        },
+        loss_curve=classifier.loss_curve_,
+    )
+
+
+def configuration_task(execution: SweepExecution) -> Any:
+    """``train_configuration`` persisting its results where ``execution.result_storage`` says.
+
+    A folder (a path or ``file://`` URL) becomes a saved ``LocalFileSystem`` block; anything else
+    is a Prefect storage block slug (``s3-bucket/qmlops-results``) that every worker can read.
+    Without it, Prefect's default local storage (``$PREFECT_HOME/storage``) is used, which Ray
+    workers on this machine share.
+    """
+    storage = execution.result_storage
+    if storage is None:
+        return train_configuration
+    if storage.startswith(("/", "file://", ".")):
+        from prefect.filesystems import LocalFileSystem
+
+        folder = Path(storage.removeprefix("file://")).resolve()
+        # Prefect wants storage saved server-side (workers load it by slug): one block per folder.
+        name = "qmlops-sweep-" + hashlib.sha256(str(folder).encode()).hexdigest()[:16]
+        LocalFileSystem(basepath=str(folder)).save(name, overwrite=True)
+        storage = f"local-file-system/{name}"
+    return train_configuration.with_options(result_storage=storage)
+
+
+def data_key_label(dataset: DatasetConfig, n_qubits: int) -> str:
+    """Readable name of a prepared data set: ``<dataset>-<n>q``."""
+    name = Path(dataset.path).stem if dataset.path else dataset.name
+    return f"{name}-{n_qubits}q"
+
+
+def ray_address(execution: SweepExecution) -> str | None:
+    """The Ray cluster to join: the configured address, else ``$RAY_ADDRESS``, else none."""
+    return execution.ray_address or os.environ.get("RAY_ADDRESS") or None
+
+
+def make_task_runner(execution: SweepExecution, api_url: str | None) -> TaskRunner[Any]:
+    """The task runner of the sweep's fan-out.
+
+    Args:
+        execution: Runner choice and parallelism.
+        api_url: The Prefect API the Ray workers must report to.
+
+    Returns:
+        A ``ThreadPoolTaskRunner`` with ``max_parallel`` workers, or a ``RayTaskRunner`` that
+        joins ``ray_address(execution)`` or starts a local Ray with ``max_parallel`` CPUs.
+
+    Raises:
+        ConfigurationError: For Ray without a Prefect server (ephemeral API): every Ray worker
+            would start its own temporary server and no task run would reach the flow's.
+    """
+    if execution.runner == "threads":
+        return ThreadPoolTaskRunner(max_workers=execution.max_parallel)
+    if not api_url:
+        raise ConfigurationError(
+            "--runner ray needs a Prefect server the Ray workers can reach: set PREFECT_API_URL "
+            "(e.g. `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api)"
+        )
+    from prefect_ray import RayTaskRunner
+
+    env = {"PREFECT_API_URL": api_url, "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+    for name in ("MLFLOW_TRACKING_URI", "PREFECT_API_KEY", "PREFECT_HOME"):
+        if os.environ.get(name):
+            env[name] = os.environ[name]
+    init_kwargs: dict[str, Any] = {"runtime_env": {"env_vars": env}}
+    address = ray_address(execution)
+    if address is None:
+        # "local" starts a new Ray even where another one runs on this machine (a bare
+        # ray.init() would join it); sized to the sweep: at most max_parallel trainings at once.
+        address = "local"
+        init_kwargs.update(num_cpus=execution.max_parallel, include_dashboard=False)
+    return RayTaskRunner(address=address, init_kwargs=init_kwargs)

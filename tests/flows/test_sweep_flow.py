@@ -1,0 +1,312 @@
+"""The sweep flow: thread runner in process, a real local Ray in a subprocess, a failing config.
+
+Ray workers are separate processes, so the Ray sweep runs through ``qmlops sweep`` in a
+subprocess against the session's real Prefect server (``PREFECT_API_URL``); the Ray it starts
+(``address="local"``: never one that was already running) stops when the flow ends.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from mlflow import MlflowClient
+from mlflow.artifacts import download_artifacts
+from services import RunningService, prefect_server_env
+
+from flows.sweep import sweep
+from qmlops.config import TrackingConfig
+from qmlops.sweep import SweepExecution, load_space, parse_space
+
+SPACE_YAML = """
+dataset: moons
+samples: 60
+validation_size: 0.2
+qubits: 2
+maxiter: 3
+batch_size: none
+seed: 5
+grid:
+  ansatz: [real_amplitudes, efficient_su2]
+  reps: [1, 2]
+"""
+COMPARED = ("test_accuracy", "test_balanced_accuracy", "test_f1_macro", "test_roc_auc")
+
+
+def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
+    found: set[str] = set()
+    for item in client.list_artifacts(run_id, path):
+        found |= _artifacts(client, run_id, item.path) if item.is_dir else {item.path}
+    return found
+
+
+def _comparison(client: MlflowClient, tracking_uri: str, run_id: str) -> dict[str, Any]:
+    path = download_artifacts(
+        run_id=run_id, artifact_path="sweep/comparison.json", tracking_uri=tracking_uri
+    )
+    return json.loads(Path(path).read_text())
+
+
+@pytest.fixture(scope="module")
+def space_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    path = tmp_path_factory.mktemp("space") / "space.yaml"
+    path.write_text(SPACE_YAML)
+    return path
+
+
+@pytest.fixture(scope="module")
+def thread_sweep(
+    prefect_harness: None, space_file: Path, tmp_path_factory: pytest.TempPathFactory
+) -> dict[str, Any]:
+    """The 4-configuration sweep under the thread runner (run once, checked by two tests)."""
+    uri = f"sqlite:///{tmp_path_factory.mktemp('threads') / 'mlflow.db'}"
+    result = sweep(
+        space=load_space(space_file),
+        execution=SweepExecution(runner="threads", max_parallel=2),
+        tracking=TrackingConfig(experiment="sweep-test", tracking_uri=uri, register_model=False),
+    )
+    return result
+
+
+def test_thread_sweep_records_parent_children_and_comparison(thread_sweep: dict) -> None:
+    client = MlflowClient(thread_sweep["tracking_uri"])
+    parent = client.get_run(thread_sweep["run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sweep.runner"] == "threads"
+    assert parent.data.params["sweep.configurations"] == "4"
+
+    # one finished child per configuration, nested under the parent, each a complete run
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(c.data.tags["sweep.configuration"] for c in children) == [
+        "c000",
+        "c001",
+        "c002",
+        "c003",
+    ]
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.params["circuit.n_qubits"] == "2"
+        assert child.data.params["training.random_state"] == "5"
+        assert len(client.get_metric_history(child.info.run_id, "train_loss")) == 4
+        assert {"test_accuracy", "svc_test_accuracy", "circuit_parameters"} <= set(
+            child.data.metrics
+        )
+        assert {"plots/training_curves.png", "evaluation.json", "model/model.json"} <= (
+            _artifacts(client, child.info.run_id)
+        )
+        assert child.outputs.model_outputs  # the pyfunc model is logged on every child
+
+    # the comparison: CSV, JSON and figures on the parent, the best named with its rule
+    assert {
+        "sweep/comparison.csv",
+        "sweep/comparison.json",
+        "sweep/search_space.json",
+        "plots/accuracy_vs_parameters.png",
+        "plots/accuracy_vs_time.png",
+        "plots/loss_curves.png",
+    } <= _artifacts(client, parent.info.run_id)
+    comparison = _comparison(client, thread_sweep["tracking_uri"], parent.info.run_id)
+    assert [row["configuration"] for row in comparison["rows"]] == ["c000", "c001", "c002", "c003"]
+    assert comparison["best"]["configuration"] == parent.data.tags["sweep.best_configuration"]
+    assert comparison["best"]["test_accuracy"] == max(
+        r["test_accuracy"] for r in comparison["rows"]
+    )
+    assert "highest test_accuracy" in parent.data.tags["sweep.selection_rule"]
+    assert {r["mlflow_run_id"] for r in comparison["rows"]} == {c.info.run_id for c in children}
+    assert 0.0 <= parent.data.metrics["svc_test_accuracy"] <= 1.0
+
+
+def test_thread_sweep_publishes_a_prefect_table(thread_sweep: dict) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    async def latest() -> Any:
+        async with get_client() as client:
+            found = await client.read_artifacts(
+                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sweep-comparison"]))
+            )
+        return found[-1]
+
+    artifact = asyncio.run(latest())
+    assert artifact.type == "table"
+    table = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
+    assert {row["configuration"] for row in table} == {"c000", "c001", "c002", "c003"}
+    assert "best:" in artifact.description
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_ray_sweep_matches_the_thread_sweep(
+    thread_sweep: dict, space_file: Path, prefect_server: RunningService, tmp_path: Path
+) -> None:
+    # Given the same space, run through the CLI on a local Ray the flow starts and stops
+    port = int(prefect_server.url.rsplit(":", 1)[1].split("/")[0])
+    env = {
+        **os.environ,
+        **prefect_server_env(tmp_path / "prefect-client", port),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    env.pop("RAY_ADDRESS", None)
+    completed = subprocess.run(
+        [
+            str(Path(sys.executable).with_name("qmlops")),
+            "sweep",
+            "--space",
+            str(space_file),
+            "--runner",
+            "ray",
+            "--max-parallel",
+            "2",
+            "--experiment",
+            "sweep-test",
+        ],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    output = completed.stdout + completed.stderr
+    assert completed.returncode == 0, output[-6000:]
+    assert "Started a local Ray instance" in output
+
+    # Then the Ray sweep's parent run holds the same comparison: same seeds, same metrics
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("sweep-test").experiment_id],
+        "tags.`sweep.runner` = 'ray'",
+    )
+    assert parent.info.status == "FINISHED"
+    ray_rows = _comparison(client, env["MLFLOW_TRACKING_URI"], parent.info.run_id)["rows"]
+    thread_rows = thread_sweep["rows"]
+    assert [r["configuration"] for r in ray_rows] == [r["configuration"] for r in thread_rows]
+    for ray_row, thread_row in zip(ray_rows, thread_rows, strict=True):
+        assert ray_row["status"] == "completed"
+        for metric in COMPARED:
+            assert ray_row[metric] == thread_row[metric], (ray_row, thread_row)
+        assert ray_row["circuit_evaluations"] == thread_row["circuit_evaluations"]
+        ray_loss = client.get_metric_history(ray_row["mlflow_run_id"], "train_loss")
+        thread_loss = MlflowClient(thread_sweep["tracking_uri"]).get_metric_history(
+            thread_row["mlflow_run_id"], "train_loss"
+        )
+        np.testing.assert_allclose(
+            [m.value for m in ray_loss], [m.value for m in thread_loss], rtol=0, atol=1e-12
+        )
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_failing_configuration_is_reported_and_the_others_complete(
+    mlflow_uri: str, tmp_path: Path
+) -> None:
+    # Given a grid where 24 qubits on breast_cancer exceed the size guard
+    space = parse_space(
+        {"dataset": "breast_cancer", "maxiter": 2, "batch_size": 16, "grid": {"qubits": [2, 24]}}
+    )
+
+    # When the sweep runs (and registers its best model)
+    result = sweep(
+        space=space,
+        execution=SweepExecution(
+            max_parallel=2, register_best=True, result_storage=str(tmp_path / "results")
+        ),
+        tracking=TrackingConfig(experiment="sweep-failure", model_name="sweep-best"),
+    )
+
+    # Then it completes, the small configuration is trained and the large one reported
+    rows = {row["configuration"]: row for row in result["rows"]}
+    assert rows["c000"]["status"] == "completed"
+    assert rows["c001"]["status"] == "failed"
+    assert rows["c001"]["error"].startswith("SizeLimitError")
+    assert rows["c001"]["mlflow_run_id"] is None
+    assert result["best"]["configuration"] == "c000"
+    client = MlflowClient(mlflow_uri)
+    parent = client.get_run(result["run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.metrics["configurations_failed"] == 1
+    comparison = _comparison(client, mlflow_uri, result["run_id"])
+    assert comparison["rows"][1]["error"].startswith("SizeLimitError")
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{result['run_id']}'"
+    )
+    assert [c.data.tags["sweep.configuration"] for c in children] == ["c000"]
+    assert list((tmp_path / "results").iterdir())  # outcomes persisted where asked
+    assert result["registered_version"] == "1"
+    version = client.get_model_version("sweep-best", "1")
+    assert version.run_id == rows["c000"]["mlflow_run_id"]
+
+
+def test_sweep_weekly_deployment_parameters_validate_against_the_flow() -> None:
+    import yaml
+    from prefect.utilities.callables import parameter_schema
+
+    from qmlops.sweep import SearchSpace, expand
+
+    project = yaml.safe_load((Path(__file__).parents[2] / "prefect.yaml").read_text())
+    (deployment,) = [d for d in project["deployments"] if d["name"] == "sweep-weekly"]
+    assert deployment["entrypoint"] == "flows/sweep.py:sweep"
+    assert deployment["work_pool"]["name"] == "qmlops-local"
+    assert deployment["schedules"][0]["cron"] == "0 3 * * 0"
+
+    # the parameters are exactly the flow's: Prefect validates them into the pydantic models
+    parameters = deployment["parameters"]
+    assert set(parameters) <= set(parameter_schema(sweep).properties)
+    validated = sweep.validate_parameters(parameters)
+    assert isinstance(validated["space"], SearchSpace)
+    assert len(expand(validated["space"])) == 8
+    assert validated["execution"].runner == "threads"
+
+
+def test_ray_without_a_prefect_server_is_refused_before_anything_runs() -> None:
+    from qmlops.errors import ConfigurationError
+    from tasks.sweep import make_task_runner
+
+    with pytest.raises(ConfigurationError, match="needs a Prefect server"):
+        make_task_runner(SweepExecution(runner="ray"), None)
+    runner = make_task_runner(SweepExecution(runner="threads", max_parallel=3), None)
+    assert runner._max_workers == 3
+
+
+def test_ray_runner_joins_a_given_cluster_or_starts_its_own(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prefect_ray import RayTaskRunner
+
+    from tasks.sweep import make_task_runner
+
+    api = "http://127.0.0.1:4200/api"
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    local = make_task_runner(SweepExecution(runner="ray", max_parallel=3), api)
+    assert isinstance(local, RayTaskRunner)
+    assert local.address == "local"  # a fresh Ray, never one already running here
+    assert local.init_kwargs["num_cpus"] == 3
+    assert local.init_kwargs["runtime_env"]["env_vars"]["PREFECT_API_URL"] == api
+
+    monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
+    joined = make_task_runner(SweepExecution(runner="ray"), api)
+    assert joined.address == "ray://head:10001"
+    assert "num_cpus" not in joined.init_kwargs
+    given = make_task_runner(SweepExecution(runner="ray", ray_address="ray://other:10001"), api)
+    assert given.address == "ray://other:10001"
+
+
+def test_cli_refuses_a_bad_sweep_before_any_flow_run(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from qmlops_cli import main
+
+    assert main(["sweep", "--reps", "0", "1"]) == 2
+    assert "configuration c000 (reps=0) is invalid" in capsys.readouterr().err
+    assert main(["sweep", "--space", str(tmp_path / "nowhere.yaml")]) == 2
+    assert "cannot read search space" in capsys.readouterr().err
+    (tmp_path / "space.yaml").write_text("grid:\n  noise: [0.1]\n")
+    assert main(["sweep", "--space", str(tmp_path / "space.yaml")]) == 2
+    assert "'noise' is not available" in capsys.readouterr().err
