@@ -368,7 +368,9 @@ def case_rows(case: Case, runs: dict[str, list[Run]]) -> list[list[str]]:
                 str(int(statistics.median(r.evaluations for r in results))),
                 f"{int(statistics.median(r.executions for r in results)):,}",
                 f"{statistics.median(accuracies):.3f}" if accuracies else "–",
-                f"{ratio:.1f}x" + ("" if reference_name == VQC_DEFAULT else " (vs Aer)"),
+                "–"
+                if np.isnan(ratio)
+                else f"{ratio:.1f}x" + ("" if reference_name == VQC_DEFAULT else " (vs Aer)"),
             ]
         )
     return rows
