@@ -19,6 +19,7 @@ from qmlops.config import (
 from qmlops.sweep import SweepExecution
 
 EXIT_BAD_INPUT = 2
+EXIT_UNAVAILABLE = 3
 
 
 def _choices(model: type, field: str) -> list[str]:
@@ -74,6 +75,15 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--shots", type=_optional_int, default=None, help="default: exact")
     optim.add_argument("--backend", default="auto", choices=_choices(TrainingConfig, "backend"))
     optim.add_argument("--seed", type=int, default=42)
+    optim.add_argument(
+        "--timeout", type=int, default=None, metavar="SECONDS", help="fail training after this"
+    )
+    optim.add_argument("--checkpoint-every", type=int, default=10, metavar="N")
+    optim.add_argument(
+        "--force",
+        action="store_true",
+        help="recompute cached steps and train from scratch (ignore checkpoints)",
+    )
     track = train.add_argument_group("tracking")
     track.add_argument("--experiment", default="qmlops")
     track.add_argument("--model-name", default="qmlops-classifier")
@@ -291,6 +301,8 @@ def configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
             shots=args.shots,
             backend=args.backend,
             random_state=args.seed,
+            timeout_s=args.timeout,
+            checkpoint_every=args.checkpoint_every,
         ),
         "tracking": TrackingConfig(
             experiment=args.experiment,
@@ -365,12 +377,16 @@ def main(argv: list[str] | None = None) -> int:
     from flows.score import score
     from flows.train import train
     from qmlops.errors import InputError
+    from tasks.tracking import TrackingUnavailableError
 
     try:
-        result = score(**params) if scoring else train(**params)
+        result = score(**params) if scoring else train(**params, force=args.force)
     except InputError as error:
         print(f"qmlops: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except TrackingUnavailableError as error:
+        print(f"qmlops: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     (_print_scored if scoring else _print_summary)(result)
     return 0
 

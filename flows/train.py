@@ -1,4 +1,10 @@
-"""The ``train`` flow: data → preprocessing → quantum + classical training → evaluation → MLflow."""
+"""The ``train`` flow: data → preprocessing → quantum + classical training → evaluation → MLflow.
+
+Preprocessing and training (quantum and baselines) are cached on their inputs with persisted
+results (:mod:`tasks.caching`); loading the data (which yields the fingerprint the keys use)
+and everything MLflow are not, so every flow run leaves a complete MLflow run of its own.
+``force=True`` recomputes the cached steps and discards the training's checkpoints.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +13,7 @@ from typing import Any, cast
 from prefect import flow, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
+from prefect.states import State
 
 from qmlops.classifier import QuantumClassifier
 from qmlops.config import (
@@ -17,8 +24,10 @@ from qmlops.config import (
     TrainingConfig,
 )
 from qmlops.promotion import PromotionDecision
+from tasks.caching import cached
 from tasks.data import load_dataset, preprocess_features
 from tasks.evaluation import evaluate_models
+from tasks.hygiene import close_or_remember, prepare_tracking
 from tasks.reporting import publish_summary
 from tasks.tracking import (
     end_tracking_run,
@@ -27,9 +36,15 @@ from tasks.tracking import (
     log_run_inputs,
     log_training,
     promote_model,
+    set_run_tags,
     start_tracking_run,
 )
-from tasks.training import build_classifier, train_baselines, train_classifier
+from tasks.training import (
+    build_classifier,
+    discard_checkpoints,
+    train_baselines,
+    training_task,
+)
 
 
 @task(name="check-training-size", retries=0, cache_policy=NO_CACHE)
@@ -50,6 +65,7 @@ def train(
     training: TrainingConfig = TrainingConfig(),  # noqa: B008
     tracking: TrackingConfig = TrackingConfig(),  # noqa: B008
     promotion: PromotionConfig = PromotionConfig(),  # noqa: B008
+    force: bool = False,
 ) -> dict[str, Any]:
     """Train a variational quantum classifier and classical baselines, track everything.
 
@@ -59,13 +75,20 @@ def train(
         training: Optimizer and simulator settings.
         tracking: MLflow experiment, registered model name and tracking URI.
         promotion: When the registered version takes the `champion` alias.
+        force: Recompute cached steps and train from scratch (ignore checkpoints).
 
     Returns:
-        The MLflow run id, model URI, registered version and test metrics per model.
+        The MLflow run id, model URI, registered version, test metrics per model, and
+        whether the training came from the cache or resumed from a checkpoint.
     """
+    prepare_tracking(tracking.tracking_uri, tracking.experiment)
     data = load_dataset(dataset)
-    prepared = preprocess_features(data, dataset, circuit.n_qubits, training.random_state)
+    prepared = cached(preprocess_features, force)(
+        data, dataset, circuit.n_qubits, training.random_state
+    )
     check_training_size(prepared, circuit, training, data.n_classes)
+    if force:
+        discard_checkpoints(prepared, circuit, training)
 
     run = start_tracking_run(
         tracking.tracking_uri,
@@ -89,8 +112,19 @@ def train(
             },
             data,
         )
-        classifier = cast(QuantumClassifier, train_classifier(prepared, circuit, training))
-        baselines = train_baselines(prepared, training.random_state)
+        trained = cast(
+            State, training_task(training, force)(prepared, circuit, training, return_state=True)
+        )
+        classifier = cast(QuantumClassifier, trained.result())
+        training_cached = trained.name == "Cached"
+        set_run_tags(
+            run,
+            {
+                "qmlops.training_cached": str(training_cached).lower(),
+                "qmlops.resumed_from_iteration": str(getattr(classifier, "resumed_from_", 0)),
+            },
+        )
+        baselines = cached(train_baselines, force)(prepared, training.random_state)
         evaluations = evaluate_models({"quantum": classifier, **baselines}, prepared)
         log_training(run, classifier)
         log_evaluation(run, evaluations)
@@ -121,10 +155,11 @@ def train(
                 "champion gate": "not registered" if decision is None else decision.summary(),
             },
         )
+        end_tracking_run(run, "FINISHED")
     except BaseException as error:
-        end_tracking_run(run, "FAILED", f"{type(error).__name__}: {error}")
+        # Also on SIGTERM (Prefect raises TerminationSignal here): the run ends KILLED.
+        close_or_remember(run, error)
         raise
-    end_tracking_run(run, "FINISHED")
     return {
         "run_id": run.run_id,
         "tracking_uri": run.tracking_uri,
@@ -136,6 +171,8 @@ def train(
         "fit_time_s": classifier.fit_time_,
         "backend": classifier.backend_,
         "promotion": None if decision is None else decision.tags(),
+        "training_cached": training_cached,
+        "resumed_from_iteration": int(getattr(classifier, "resumed_from_", 0)),
     }
 
 

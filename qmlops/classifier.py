@@ -10,6 +10,7 @@ from sklearn.base import BaseEstimator, ClassifierMixin
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
+from qmlops.checkpoint import CheckpointStore
 from qmlops.circuits import (
     CircuitSpec,
     ResourceEstimate,
@@ -76,6 +77,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         validation_accuracy_curve_: Validation accuracy at the same points (empty without
             validation data).
         n_iter_: Iterations run.
+        resumed_from_: Iterations restored from a checkpoint (``0``: trained from the start).
         backend_: Engine that ran the simulation (``"numpy"`` or ``"aer"``).
         circuit_evaluations_: Circuits executed during ``fit``.
         primitive_calls_: Batched simulator calls during ``fit``.
@@ -171,6 +173,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         X: Any,
         y: Any,
         validation_data: tuple[Any, Any] | None = None,
+        checkpoint: CheckpointStore | None = None,
     ) -> QuantumClassifier:
         """Build the circuit for the data and train its weights.
 
@@ -178,6 +181,9 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             X: Encoding angles ``(n_samples, n_qubits)``.
             y: Class labels (numbers or strings).
             validation_data: Optional ``(X_val, y_val)`` monitored at every iteration.
+            checkpoint: Snapshot the training state there and resume from its newest good
+                snapshot (Adam and SPSA). Its key must identify this data and these
+                parameters; see :func:`qmlops.checkpoint.training_key`.
 
         Returns:
             The fitted estimator.
@@ -219,8 +225,10 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             learning_rate=float(self.learning_rate),
             rng=generator,
             callback=self.callback,
+            checkpoint=checkpoint,
         )
         self._set_fitted(spec, result.weights, evaluator)
+        self.resumed_from_ = result.resumed_from
         self.initial_weights_ = initial
         self._set_history(result.history)
         self.backend_ = evaluator.backend

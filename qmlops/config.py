@@ -3,7 +3,9 @@
 Each model is strict, frozen and forbids unknown fields; Prefect renders them as a form with
 bounds, choices and descriptions. Field names of :class:`CircuitConfig` and
 :class:`TrainingConfig` equal the :class:`~qmlops.classifier.QuantumClassifier` parameter
-names, so the estimator is built from ``**circuit.model_dump(), **training.model_dump()``.
+names, so the estimator is built from ``**circuit.model_dump(), **training.model_dump()``,
+less :data:`ORCHESTRATION_FIELDS` (the training's timeout and checkpoint interval, which
+steer the task, not the estimator).
 """
 
 from __future__ import annotations
@@ -86,6 +88,17 @@ class TrainingConfig(_Config):
     )
     backend: Literal["auto", "numpy", "aer"] = Field("auto", description="Simulation engine.")
     random_state: int = Field(42, ge=0, le=2**31 - 1, description="Seeds split and training.")
+    # Orchestration settings, not estimator parameters (see ORCHESTRATION_FIELDS).
+    timeout_s: int | None = Field(
+        None, ge=1, le=7 * 24 * 3600, description="Fail training after this many seconds."
+    )
+    checkpoint_every: int = Field(
+        10, ge=1, le=100_000, description="Iterations between training checkpoints."
+    )
+
+
+ORCHESTRATION_FIELDS: set[str] = {"timeout_s", "checkpoint_every"}
+"""TrainingConfig fields that steer the task around the estimator, not the estimator."""
 
 
 class TrackingConfig(_Config):

@@ -10,6 +10,8 @@ from __future__ import annotations
 import csv
 import hashlib
 import json
+import re
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import get_args
@@ -19,7 +21,7 @@ import pandas as pd
 from sklearn import datasets as sk_datasets
 
 from qmlops.config import DatasetConfig, DatasetName
-from qmlops.errors import DatasetError
+from qmlops.errors import DatasetError, UnsafePathError
 
 BUILTIN_DATASETS: tuple[str, ...] = get_args(DatasetName)
 FILE_SUFFIXES = (".csv", ".parquet", ".pq")
@@ -76,22 +78,68 @@ def fingerprint(features: np.ndarray, labels: np.ndarray, feature_names: tuple[s
     return digest.hexdigest()
 
 
-def load_dataset(config: DatasetConfig) -> Dataset:
+_SCHEME = re.compile(r"^[A-Za-z][A-Za-z0-9+.\-]*:")
+
+
+def resolve_data_path(path: str, data_root: str | Path) -> Path:
+    """Resolve a user-supplied data path, refusing anything that leaves the data root.
+
+    Relative paths are taken from the root. Refused: URLs and schemes (``file://``,
+    ``s3://``, ``C:``), percent-encoded names (``%2e%2e``), NUL bytes, ``..`` components,
+    absolute paths outside the root, and symlinks (anywhere on the path) that resolve
+    outside it.
+
+    Args:
+        path: The path as the user gave it.
+        data_root: The only folder user files may be read from.
+
+    Returns:
+        The resolved path inside the root (it may not exist).
+
+    Raises:
+        UnsafePathError: For any of the refused forms.
+    """
+    if "\x00" in path:
+        raise UnsafePathError("data path contains a NUL byte")
+    if _SCHEME.match(path) or "://" in path:
+        raise UnsafePathError(f"data path must be a plain file path, not a URL: {path!r}")
+    if urllib.parse.unquote(path) != path:
+        raise UnsafePathError(f"percent-encoded data paths are not accepted: {path!r}")
+    candidate = Path(path)
+    if ".." in candidate.parts:
+        raise UnsafePathError(f"data path may not contain '..': {path!r}")
+    root = Path(data_root).resolve()
+    resolved = (root / candidate).resolve()
+    if not resolved.is_relative_to(root):
+        raise UnsafePathError(
+            f"data path {path!r} is outside the data root {root} "
+            "(set QMLOPS_DATA_ROOT to allow another folder)"
+        )
+    return resolved
+
+
+def load_dataset(config: DatasetConfig, data_root: str | Path | None = None) -> Dataset:
     """Load and validate the dataset a configuration names.
 
     Args:
         config: Dataset configuration (a file ``path`` with ``target``, else a built-in ``name``).
+        data_root: If given, a file ``path`` must lie inside this folder (see
+            :func:`resolve_data_path`); relative paths are taken from it.
 
     Returns:
         The validated dataset.
 
     Raises:
         DatasetError: If the data cannot be read or are unfit for classification.
+        UnsafePathError: If the path leaves ``data_root``.
     """
     if config.path is not None:
         if not config.target:
             raise DatasetError("a target column is required with a data file")
-        return load_file(Path(config.path), config.target)
+        path = Path(config.path)
+        if data_root is not None:
+            path = resolve_data_path(config.path, data_root)
+        return load_file(path, config.target)
     return load_builtin(config.name, n_samples=config.n_samples, seed=0)
 
 

@@ -16,6 +16,10 @@ class DatasetError(InputError):
     """A dataset cannot be loaded or does not fit the requested training set-up."""
 
 
+class UnsafePathError(DatasetError):
+    """A data path points outside the configured data root or uses a disallowed form."""
+
+
 class ConfigurationError(InputError):
     """A configuration value is out of range or names an unknown choice."""
 

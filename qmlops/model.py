@@ -21,6 +21,8 @@ from qmlops.errors import DatasetError, ModelFormatError
 from qmlops.preprocessing import AngleEncoder, preprocessor_to_state
 
 DOCUMENT_KIND = "qmlops.quantum-classifier"
+BODY_KEYS = frozenset({"kind", "feature_names", "preprocessor", "classifier"})
+MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
 
 
 def _digest(body: dict[str, Any]) -> str:
@@ -41,6 +43,57 @@ def model_document(
     return {"body": body, "sha256": _digest(body)}
 
 
+def verify_model_document(document: Any) -> dict[str, Any]:
+    """Check that a model document is intact and of the expected kind, before any use.
+
+    The document must be plain JSON data with exactly the expected sections, and the
+    SHA-256 of its canonical body must equal the recorded one, so an artifact altered
+    after logging is refused.
+
+    Args:
+        document: A parsed model document (output of :func:`model_document`).
+
+    Returns:
+        The verified body.
+
+    Raises:
+        ModelFormatError: If the document is malformed, of another kind, or was altered.
+    """
+    if not isinstance(document, dict) or set(document) != {"body", "sha256"}:
+        raise ModelFormatError("not a qmlops model document")
+    body = document["body"]
+    if not isinstance(body, dict):
+        raise ModelFormatError("not a qmlops model document")
+    try:
+        digest = _digest(body)
+    except (TypeError, ValueError) as error:
+        raise ModelFormatError(f"model document is not plain JSON data: {error}") from None
+    if digest != document["sha256"]:
+        raise ModelFormatError("model document failed its integrity check (sha256 mismatch)")
+    if body.get("kind") != DOCUMENT_KIND:
+        raise ModelFormatError(f"unknown model kind {body.get('kind')!r}")
+    if set(body) != BODY_KEYS:
+        raise ModelFormatError(f"unexpected model document sections {sorted(set(body))}")
+    return body
+
+
+def read_model_document(path: str | Path) -> dict[str, Any]:
+    """Read and verify a model document file (a regular JSON file of bounded size).
+
+    Raises:
+        ModelFormatError: If the file is missing, too large, not JSON or fails verification.
+    """
+    path = Path(path)
+    try:
+        if not path.is_file() or path.stat().st_size > MAX_DOCUMENT_BYTES:
+            raise ModelFormatError(f"model file {path} is missing or larger than allowed")
+        document = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ModelFormatError(f"cannot read model file {path}: {error}") from None
+    verify_model_document(document)
+    return dict(document)
+
+
 class QuantumModel:
     """A loaded model that maps raw feature rows to labels.
 
@@ -52,29 +105,15 @@ class QuantumModel:
     """
 
     def __init__(self, document: dict[str, Any]) -> None:
-        if not isinstance(document, dict) or "body" not in document or "sha256" not in document:
-            raise ModelFormatError("not a qmlops model document")
-        body = document["body"]
-        try:
-            digest = _digest(body)
-        except (TypeError, ValueError) as error:
-            raise ModelFormatError(f"model document is not plain JSON data: {error}") from None
-        if digest != document["sha256"]:
-            raise ModelFormatError("model document failed its integrity check (sha256 mismatch)")
-        if body.get("kind") != DOCUMENT_KIND:
-            raise ModelFormatError(f"unknown model kind {body.get('kind')!r}")
+        body = verify_model_document(document)
         self.feature_names: list[str] = list(body["feature_names"])
         self.encoder = AngleEncoder(body["preprocessor"])
         self.classifier = QuantumClassifier.from_state(body["classifier"])
 
     @classmethod
     def load(cls, path: str | Path) -> QuantumModel:
-        """Read a model document from a JSON file."""
-        try:
-            document = json.loads(Path(path).read_text())
-        except (OSError, json.JSONDecodeError) as error:
-            raise ModelFormatError(f"cannot read model file {path}: {error}") from None
-        return cls(document)
+        """Read a model document from a JSON file (verified before use)."""
+        return cls(read_model_document(path))
 
     def _angles(self, data: pd.DataFrame | np.ndarray) -> np.ndarray:
         if isinstance(data, pd.DataFrame):

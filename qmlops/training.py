@@ -8,12 +8,13 @@ perturbed points. The loss is the mean cross-entropy of the class probabilities.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal, get_args
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal, get_args
 
 import numpy as np
 from scipy.optimize import minimize
 
+from qmlops.checkpoint import CheckpointStore
 from qmlops.errors import ConfigurationError
 from qmlops.simulation import CircuitEvaluator
 
@@ -40,6 +41,7 @@ class TrainingResult:
 
     weights: np.ndarray
     history: list[IterationRecord] = field(default_factory=list)
+    resumed_from: int = 0
 
 
 ProgressCallback = Callable[[IterationRecord], None]
@@ -91,7 +93,7 @@ class Objective:
         self.targets = targets
         self.validation = validation
         self.batch_size = batch_size
-        self._rng = rng or np.random.default_rng(0)
+        self.rng = rng or np.random.default_rng(0)
 
     def next_batch(self) -> None:
         """Draw the training rows used by the following calls (resampled every step)."""
@@ -100,7 +102,7 @@ class Objective:
             self.rows = None
             self.targets = self.all_targets
             return
-        self.rows = np.sort(self._rng.choice(n_rows, size=self.batch_size, replace=False))
+        self.rows = np.sort(self.rng.choice(n_rows, size=self.batch_size, replace=False))
         self.targets = self.all_targets[self.rows]
 
     rows: np.ndarray | None = None
@@ -145,6 +147,7 @@ def optimize(
     learning_rate: float,
     rng: np.random.Generator,
     callback: ProgressCallback | None = None,
+    checkpoint: CheckpointStore | None = None,
 ) -> TrainingResult:
     """Train the weights.
 
@@ -158,7 +161,11 @@ def optimize(
         maxiter: Number of iterations.
         learning_rate: Adam step size, SPSA's initial gain, COBYLA's initial trust radius.
         rng: Randomness for SPSA's perturbations.
-        callback: Called with every record as it is produced.
+        callback: Called with every record as it is produced (not for records restored
+            from a checkpoint).
+        checkpoint: Where to snapshot the state every ``checkpoint.every`` iterations and
+            whence to resume (Adam and SPSA; COBYLA's state lives inside SciPy and always
+            starts afresh).
 
     Returns:
         The final weights and the history.
@@ -168,21 +175,79 @@ def optimize(
     """
     if optimizer not in OPTIMIZERS:
         raise ConfigurationError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
-    history: list[IterationRecord] = []
-
-    def record(entry: IterationRecord) -> None:
-        entry.iteration = len(history)
-        history.append(entry)
-        if callback is not None:
-            callback(entry)
-
+    progress = _Progress(objective, rng, callback, checkpoint if optimizer != "cobyla" else None)
     weights = np.array(initial_weights, dtype=np.float64)
     if optimizer == "cobyla":
-        weights = _cobyla(objective, weights, maxiter, learning_rate, record)
+        weights = _cobyla(objective, weights, maxiter, learning_rate, progress.record)
     else:
         step = _adam if optimizer == "adam" else _spsa
-        weights = step(objective, weights, maxiter, learning_rate, rng, record)
-    return TrainingResult(weights=weights, history=history)
+        weights = step(objective, weights, maxiter, learning_rate, rng, progress)
+    return TrainingResult(
+        weights=weights, history=progress.history, resumed_from=progress.resumed_from
+    )
+
+
+class _Progress:
+    """History, progress callback and checkpoints of one :func:`optimize` call.
+
+    A snapshot holds everything the next iteration depends on: iterations done, weights,
+    optimizer moments, history, both random generators and the evaluator's counters, so a
+    resumed run repeats an uninterrupted one exactly (for exact simulation).
+    """
+
+    def __init__(
+        self,
+        objective: Objective,
+        rng: np.random.Generator,
+        callback: ProgressCallback | None,
+        checkpoint: CheckpointStore | None,
+    ) -> None:
+        self.objective = objective
+        self.rng = rng
+        self.callback = callback
+        self.checkpoint = checkpoint
+        self.history: list[IterationRecord] = []
+        self.resumed_from = 0
+
+    def record(self, entry: IterationRecord) -> None:
+        entry.iteration = len(self.history)
+        self.history.append(entry)
+        if self.callback is not None:
+            self.callback(entry)
+
+    def save(self, iteration: int, last: int, weights: np.ndarray, **moments: np.ndarray) -> None:
+        if self.checkpoint is None or not self.checkpoint.due(iteration, last):
+            return
+        counters = self.objective.evaluator.counters
+        state = {
+            "weights": weights.tolist(),
+            "moments": {name: value.tolist() for name, value in moments.items()},
+            "history": [asdict(entry) for entry in self.history],
+            "rng": self.rng.bit_generator.state,
+            "batch_rng": self.objective.rng.bit_generator.state,
+            "counters": [counters.primitive_calls, counters.circuit_evaluations],
+        }
+        self.checkpoint.save(iteration, state)
+
+    def resume(self) -> tuple[int, np.ndarray, dict[str, np.ndarray]] | None:
+        """Restore the newest good snapshot; ``None`` when there is none."""
+        found = None if self.checkpoint is None else self.checkpoint.load_latest()
+        if found is None:
+            return None
+        iteration, state = found
+        self.history = [IterationRecord(**entry) for entry in state["history"]]
+        # Restore the batch generator first: it may be the same object as `rng`.
+        self.objective.rng.bit_generator.state = _plain(state["batch_rng"])
+        self.rng.bit_generator.state = _plain(state["rng"])
+        counters = self.objective.evaluator.counters
+        counters.primitive_calls, counters.circuit_evaluations = state["counters"]
+        self.resumed_from = iteration
+        moments = {name: np.asarray(value) for name, value in state["moments"].items()}
+        return iteration, np.asarray(state["weights"], dtype=np.float64), moments
+
+
+def _plain(value: Any) -> Any:
+    return dict(value) if isinstance(value, dict) else value
 
 
 def _adam(
@@ -191,15 +256,21 @@ def _adam(
     maxiter: int,
     learning_rate: float,
     rng: np.random.Generator,
-    record: Callable[[IterationRecord], None],
+    progress: _Progress,
 ) -> np.ndarray:
     del rng  # deterministic
+    record = progress.record
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     n_weights = weights.shape[0]
     first_moment = np.zeros(n_weights)
     second_moment = np.zeros(n_weights)
+    done = 0
+    resumed = progress.resume()
+    if resumed is not None:
+        done, weights, moments = resumed
+        first_moment, second_moment = moments["first"], moments["second"]
     shifts = np.concatenate([np.eye(n_weights), -np.eye(n_weights)]) * _SHIFT
-    for t in range(1, maxiter + 1):
+    for t in range(done + 1, maxiter + 1):
         objective.next_batch()
         rows = np.arange(objective.targets.shape[0])
         points = np.concatenate([weights[None, :], weights[None, :] + shifts])
@@ -217,6 +288,7 @@ def _adam(
         # the final weights wherever the last noisy steps threw them.
         step_size = learning_rate * (0.1 + 0.45 * (1 + np.cos(np.pi * (t - 1) / maxiter)))
         weights = weights - step_size * corrected_first / (np.sqrt(corrected_second) + eps)
+        progress.save(t, maxiter, weights, first=first_moment, second=second_moment)
     objective.batch_size = None
     objective.next_batch()
     record(objective(weights[None, :])[1])
@@ -229,11 +301,16 @@ def _spsa(
     maxiter: int,
     learning_rate: float,
     rng: np.random.Generator,
-    record: Callable[[IterationRecord], None],
+    progress: _Progress,
 ) -> np.ndarray:
+    record = progress.record
     # Spall's standard gain sequences (alpha=0.602, gamma=0.101, stability constant 10%).
     perturbation, stability = 0.1, 0.1 * maxiter
-    for k in range(maxiter):
+    done = 0
+    resumed = progress.resume()
+    if resumed is not None:
+        done, weights, _ = resumed
+    for k in range(done, maxiter):
         gain = learning_rate / (k + 1 + stability) ** 0.602
         size = perturbation / (k + 1) ** 0.101
         objective.next_batch()
@@ -244,6 +321,7 @@ def _spsa(
         losses = cross_entropy(probabilities, objective.targets)
         gradient = (losses[1] - losses[2]) / (2 * size) * delta
         weights = weights - gain * gradient
+        progress.save(k + 1, maxiter, weights)
     objective.batch_size = None
     objective.next_batch()
     record(objective(weights[None, :])[1])

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 from prefect import task
@@ -10,6 +12,7 @@ from prefect.cache_policies import NO_CACHE
 from sklearn.pipeline import Pipeline
 
 from qmlops import data as core_data
+from qmlops.checkpoint import array_digest
 from qmlops.config import DatasetConfig
 from qmlops.preprocessing import Splits, make_preprocessor, split_dataset
 from tasks.policy import RETRIES, RETRY_DELAY_SECONDS, retry_if_transient
@@ -17,13 +20,26 @@ from tasks.policy import RETRIES, RETRY_DELAY_SECONDS, retry_if_transient
 
 @dataclass(frozen=True)
 class PreparedData:
-    """Encoded splits plus the fitted preprocessor that produced them."""
+    """Encoded splits plus the fitted preprocessor that produced them.
+
+    ``fingerprint`` digests the encoded arrays and labels: it keys the cached training and
+    the checkpoints of anything trained on these data.
+    """
 
     raw: Splits
     preprocessor: Pipeline
     X_train: np.ndarray
     X_test: np.ndarray
     X_val: np.ndarray | None
+    fingerprint: str = ""
+
+
+DATA_ROOT_ENV = "QMLOPS_DATA_ROOT"
+
+
+def data_root() -> Path:
+    """The only folder user data files are read from: ``$QMLOPS_DATA_ROOT``, else the cwd."""
+    return Path(os.environ.get(DATA_ROOT_ENV) or Path.cwd())
 
 
 @task(
@@ -34,8 +50,12 @@ class PreparedData:
     cache_policy=NO_CACHE,
 )
 def load_dataset(config: DatasetConfig) -> core_data.Dataset:
-    """Load and validate the configured dataset."""
-    return core_data.load_dataset(config)
+    """Load and validate the configured dataset (user files only from :func:`data_root`).
+
+    Not cached: reading the data is what tells whether they changed (the fingerprint that
+    keys every later cached step).
+    """
+    return core_data.load_dataset(config, data_root=data_root())
 
 
 @task(name="preprocess-features", retries=0, cache_policy=NO_CACHE)
@@ -52,10 +72,14 @@ def preprocess_features(
     preprocessor = make_preprocessor(splits.X_train.shape[1], n_qubits, config.encoding_scale)
     X_train = preprocessor.fit_transform(splits.X_train)
     X_val = None if splits.X_val is None else preprocessor.transform(splits.X_val)
+    X_test = preprocessor.transform(splits.X_test)
     return PreparedData(
         raw=splits,
         preprocessor=preprocessor,
         X_train=X_train,
-        X_test=preprocessor.transform(splits.X_test),
+        X_test=X_test,
         X_val=X_val,
+        fingerprint=array_digest(
+            X_train, X_test, X_val, splits.y_train, splits.y_test, splits.y_val
+        ),
     )

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from prefect.task_engine import TaskRunTimeoutError
 from pydantic import ValidationError
 
 from qmlops.errors import InputError
@@ -18,6 +19,8 @@ _PERMANENT: tuple[type[BaseException], ...] = (
     KeyError,
     ValueError,
     NotImplementedError,
+    # A task that ran out of its time budget would run out of it again.
+    TaskRunTimeoutError,
 )
 
 

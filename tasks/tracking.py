@@ -7,15 +7,29 @@ per thread and Prefect runs tasks in worker threads.
 Default store: a SQLite database under ``./mlruns`` of the working directory, with artifacts
 beside it; ``MLFLOW_TRACKING_URI`` or ``TrackingConfig.tracking_uri`` override it. Nothing is
 configured at import time.
+
+Reliability: a fresh SQLite store is created under a file lock (one migration, however many
+processes start at once); a tracking server that does not answer fails the flow within
+seconds (:func:`check_tracking_available`, bounded HTTP retries); metrics carry the run's
+start time as timestamp, so a retried logging task rewrites identical rows, which the store
+deduplicates; params and tags whose names look like secrets are never logged
+(:func:`without_secrets`); a run that cannot be closed because the store is unreachable is
+remembered locally and closed by the next flow (:mod:`tasks.hygiene`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import platform
+import re
 import tempfile
 import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -39,6 +53,7 @@ from qmlops.data import Dataset
 from qmlops.errors import ModelNotFoundError
 from qmlops.model import model_document
 from qmlops.promotion import CHAMPION_ALIAS, ChampionRecord, PromotionDecision, decide_promotion
+from tasks import faults
 from tasks.data import PreparedData
 from tasks.policy import RETRIES, RETRY_DELAY_SECONDS, retry_if_transient
 
@@ -59,6 +74,23 @@ TRACKED_PACKAGES = (
 )
 MODEL_REQUIREMENTS = ("qiskit", "qiskit-aer", "scikit-learn", "numpy", "scipy", "pandas", "mlflow")
 _METRIC_BATCH = 900  # MLflow's log_batch accepts at most 1000 entries
+SECRET_NAME = re.compile(
+    r"pass(word|wd|phrase)?|secret|token|api[_.-]?key|credential|auth|private[_.-]?key|"
+    r"access[_.-]?key|session[_.-]?key|cookie|signature",
+    re.IGNORECASE,
+)
+# Bounded client retries, so an unreachable server fails a flow in seconds, not minutes
+# (MLflow's defaults retry 7 times with exponential backoff and wait 120 s per request).
+HTTP_DEFAULTS = {
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "30",
+}
+AVAILABILITY_TIMEOUT_S = 5.0
+
+
+class TrackingUnavailableError(RuntimeError):
+    """The MLflow tracking server or store cannot be reached (transient: retried)."""
 
 
 @dataclass(frozen=True)
@@ -68,6 +100,7 @@ class TrackedRun:
     tracking_uri: str
     experiment_id: str
     run_id: str
+    started_ms: int = 0
 
     def client(self) -> MlflowClient:
         """A client bound to this run's tracking URI."""
@@ -91,14 +124,88 @@ def _artifact_root(tracking_uri: str) -> str | None:
     return None
 
 
+def without_secrets(values: Mapping[str, str]) -> dict[str, str]:
+    """Drop entries whose name looks like a secret or whose value is a secret's value.
+
+    Names are matched by :data:`SECRET_NAME` (password, token, api key, ...); values are
+    compared with the values of environment variables whose names match it (such as
+    ``MLFLOW_TRACKING_PASSWORD``), so a secret copied under an innocent name is dropped too.
+    """
+    secrets = {
+        value for name, value in os.environ.items() if SECRET_NAME.search(name) and len(value) > 3
+    }
+    return {
+        key: value
+        for key, value in values.items()
+        if not SECRET_NAME.search(key) and not any(secret in value for secret in secrets)
+    }
+
+
+def configure_client() -> None:
+    """Bound MLflow's HTTP retries and timeouts, unless the user set them."""
+    for name, value in HTTP_DEFAULTS.items():
+        os.environ.setdefault(name, value)
+
+
+def check_tracking_available(tracking_uri: str, timeout_s: float = AVAILABILITY_TIMEOUT_S) -> None:
+    """Fail fast with a clear message if a tracking server does not answer its health check.
+
+    Raises:
+        TrackingUnavailableError: If an ``http(s)`` server is unreachable or unhealthy.
+    """
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    url = tracking_uri.rstrip("/") + "/health"
+    try:
+        with urllib.request.urlopen(url, timeout=timeout_s) as response:
+            if response.status == 200:
+                return
+            problem = f"HTTP {response.status}"
+    except (urllib.error.URLError, OSError) as error:
+        problem = str(getattr(error, "reason", error))
+    raise TrackingUnavailableError(
+        f"MLflow tracking server {_public(tracking_uri)} is unavailable ({problem}); start it "
+        "or point MLFLOW_TRACKING_URI / --tracking-uri at a reachable store"
+    )
+
+
+def _public(uri: str) -> str:
+    # Never echo credentials embedded in a URI.
+    return re.sub(r"//[^/@]*@", "//***@", uri)
+
+
+@contextlib.contextmanager
+def _store_lock(tracking_uri: str) -> Iterator[None]:
+    """Exclusive file lock beside a SQLite store (nothing for other stores)."""
+    if not tracking_uri.startswith("sqlite:///"):
+        yield
+        return
+    database = Path(tracking_uri.removeprefix("sqlite:///"))
+    database.parent.mkdir(parents=True, exist_ok=True)
+    with open(database.with_name(database.name + ".lock"), "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 def prepare_store(tracking_uri: str, experiment: str) -> str:
     """Create the store (schema migration runs once, here) and the experiment.
+
+    Processes that start at once on a fresh SQLite store queue on a file lock, so exactly
+    one of them creates the schema and the experiment.
 
     Returns:
         The experiment id.
     """
-    if tracking_uri.startswith("sqlite:///"):
-        Path(tracking_uri.removeprefix("sqlite:///")).parent.mkdir(parents=True, exist_ok=True)
+    configure_client()
+    check_tracking_available(tracking_uri)
+    with _store_lock(tracking_uri):
+        return _experiment_id(tracking_uri, experiment)
+
+
+def _experiment_id(tracking_uri: str, experiment: str) -> str:
     client = MlflowClient(tracking_uri=tracking_uri)
     existing = client.get_experiment_by_name(experiment)
     if existing is not None:
@@ -140,20 +247,79 @@ def _flatten(prefix: str, values: dict[str, Any]) -> dict[str, str]:
 def start_tracking_run(
     tracking_uri: str | None, experiment: str, run_name: str, tags: dict[str, str]
 ) -> TrackedRun:
-    """Open the MLflow run of this flow run."""
+    """Open the MLflow run of this flow run, tagged with the process that owns it.
+
+    The owner tags (:func:`tasks.hygiene.owner_tags`) let a later flow tell a run whose
+    process died (``kill -9``) from one that is still going.
+    """
+    from tasks.hygiene import owner_tags
+
     uri = resolve_tracking_uri(tracking_uri)
     experiment_id = prepare_store(uri, experiment)
-    run = MlflowClient(tracking_uri=uri).create_run(experiment_id, run_name=run_name, tags=tags)
-    return TrackedRun(tracking_uri=uri, experiment_id=experiment_id, run_id=run.info.run_id)
+    faults.checkpoint("start-tracking")
+    run = MlflowClient(tracking_uri=uri).create_run(
+        experiment_id, run_name=run_name, tags=without_secrets({**tags, **owner_tags()})
+    )
+    return TrackedRun(
+        tracking_uri=uri,
+        experiment_id=experiment_id,
+        run_id=run.info.run_id,
+        started_ms=int(run.info.start_time),
+    )
+
+
+def close_run(run: TrackedRun, status: str, error: str | None = None) -> None:
+    """Mark the MLflow run FINISHED, FAILED or KILLED (with the error, if any).
+
+    A plain function as well as a task: a flow that is being terminated by a signal closes
+    its run with it directly, without scheduling a task.
+    """
+    client = run.client()
+    if error:
+        client.set_tag(run.run_id, "error", error[:4000])
+    client.set_terminated(run.run_id, status=status)
 
 
 @task(name="end-tracking-run", retries=RETRIES, cache_policy=NO_CACHE)
 def end_tracking_run(run: TrackedRun, status: str, error: str | None = None) -> None:
     """Close the MLflow run as FINISHED, FAILED or KILLED (with the error, if any)."""
+    close_run(run, status, error)
+
+
+@task(
+    name="set-run-tags",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def set_run_tags(run: TrackedRun, tags: dict[str, str]) -> None:
+    """Tag the run (names or values that look like secrets are dropped)."""
     client = run.client()
-    if error:
-        client.set_tag(run.run_id, "error", error[:4000])
-    client.set_terminated(run.run_id, status=status)
+    for key, value in without_secrets(tags).items():
+        client.set_tag(run.run_id, key, value)
+
+
+def running_runs(tracking_uri: str, experiment: str) -> list[tuple[str, dict[str, str]]]:
+    """``(run_id, tags)`` of the experiment's runs that are still RUNNING."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        return []
+    runs = client.search_runs(
+        [found.experiment_id], filter_string="attributes.status = 'RUNNING'", max_results=1000
+    )
+    return [(r.info.run_id, dict(r.data.tags)) for r in runs]
+
+
+def mark_terminated(tracking_uri: str, run_id: str, status: str, reason: str) -> bool:
+    """Close a run left RUNNING by a dead flow; ``False`` if it was closed meanwhile."""
+    client = MlflowClient(tracking_uri=tracking_uri)
+    if client.get_run(run_id).info.status != "RUNNING":
+        return False
+    client.set_tag(run_id, "qmlops.closed_by", reason[:4000])
+    client.set_terminated(run_id, status=status)
+    return True
 
 
 @task(
@@ -180,7 +346,7 @@ def log_run_inputs(run: TrackedRun, configs: dict[str, dict[str, Any]], dataset:
     params.update(_flatten("version", package_versions()))
     run.client().log_batch(
         run.run_id,
-        params=[Param(key, value[:6000]) for key, value in params.items()],
+        params=[Param(key, value[:6000]) for key, value in without_secrets(params).items()],
         tags=[
             RunTag("dataset.fingerprint", dataset.fingerprint),
             RunTag("dataset.name", dataset.name),
@@ -192,6 +358,13 @@ def _log_metrics(run: TrackedRun, metrics: list[Metric]) -> None:
     client = run.client()
     for start in range(0, len(metrics), _METRIC_BATCH):
         client.log_batch(run.run_id, metrics=metrics[start : start + _METRIC_BATCH])
+        faults.checkpoint("log-metrics")
+
+
+def _timestamp(run: TrackedRun) -> int:
+    # The run's start time, not "now": a retried task then logs rows identical to the ones
+    # an interrupted attempt already wrote, and the store keeps each (key, step) once.
+    return run.started_ms or int(time.time() * 1000)
 
 
 def _save_figure(client: MlflowClient, run_id: str, figure: Any, name: str) -> None:
@@ -211,7 +384,7 @@ def _save_figure(client: MlflowClient, run_id: str, figure: Any, name: str) -> N
 )
 def log_training(run: TrackedRun, classifier: QuantumClassifier) -> None:
     """Log per-iteration curves (with ``step``), training cost, circuit size and the circuit."""
-    now = int(time.time() * 1000)
+    now = _timestamp(run)
     curves = {
         "train_loss": classifier.loss_curve_,
         "train_accuracy": classifier.train_accuracy_curve_,
@@ -268,7 +441,7 @@ def log_evaluation(run: TrackedRun, evaluations: dict[str, dict[str, Any]]) -> N
 
     Metric names: ``test_*`` for the quantum model, ``<baseline>_test_*`` for the baselines.
     """
-    now = int(time.time() * 1000)
+    now = _timestamp(run)
     metrics = []
     for model_name, evaluation in evaluations.items():
         prefix = "" if model_name == "quantum" else f"{model_name}_"

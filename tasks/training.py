@@ -1,29 +1,61 @@
-"""Training tasks: the quantum classifier and the classical baselines."""
+"""Training tasks: the quantum classifier and the classical baselines.
+
+The quantum training checkpoints its state (see :mod:`qmlops.checkpoint`) under
+``$QMLOPS_CHECKPOINT_DIR`` (default ``./.qmlops/checkpoints``), keyed by the prepared data's
+fingerprint, the circuit and training settings and the code version: a retry or a re-run with
+the same inputs resumes from the newest good checkpoint.
+"""
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
-from prefect import task
+from prefect import Task, task
 from prefect.cache_policies import NO_CACHE
 from prefect.logging import get_run_logger
 
 from qmlops.baselines import train_baselines as fit_baselines
+from qmlops.checkpoint import CheckpointStore, training_key
 from qmlops.classifier import QuantumClassifier
-from qmlops.config import CircuitConfig, TrainingConfig
+from qmlops.config import ORCHESTRATION_FIELDS, CircuitConfig, TrainingConfig
 from qmlops.training import IterationRecord
+from tasks import faults
+from tasks.caching import cached
 from tasks.data import PreparedData
 from tasks.policy import RETRIES, RETRY_DELAY_SECONDS, retry_if_transient
 
 PROGRESS_EVERY = 10
+CHECKPOINT_DIR_ENV = "QMLOPS_CHECKPOINT_DIR"
 
 
 def build_classifier(
     circuit: CircuitConfig, training: TrainingConfig, **extra: Any
 ) -> QuantumClassifier:
     """Build the estimator from the flow parameters (field names equal estimator params)."""
-    params = {**circuit.model_dump(exclude={"n_qubits"}), **training.model_dump()}
+    params = {
+        **circuit.model_dump(exclude={"n_qubits"}),
+        **training.model_dump(exclude=ORCHESTRATION_FIELDS),
+    }
     return QuantumClassifier(**params, **extra)
+
+
+def checkpoint_dir() -> Path:
+    """Root of all training checkpoints: ``$QMLOPS_CHECKPOINT_DIR`` or ``./.qmlops/checkpoints``."""
+    return Path(os.environ.get(CHECKPOINT_DIR_ENV) or Path.cwd() / ".qmlops" / "checkpoints")
+
+
+def checkpoint_store(
+    prepared: PreparedData, circuit: CircuitConfig, training: TrainingConfig
+) -> CheckpointStore:
+    """The checkpoints of training these data with these settings."""
+    key = training_key(
+        data=prepared.fingerprint,
+        circuit=circuit.model_dump(mode="json"),
+        training=training.model_dump(mode="json", exclude=ORCHESTRATION_FIELDS),
+    )
+    return CheckpointStore(checkpoint_dir(), key, every=training.checkpoint_every)
 
 
 @task(
@@ -36,7 +68,7 @@ def build_classifier(
 def train_classifier(
     prepared: PreparedData, circuit: CircuitConfig, training: TrainingConfig
 ) -> QuantumClassifier:
-    """Train the variational quantum classifier, logging progress as it goes."""
+    """Train the variational quantum classifier, checkpointing and logging progress."""
     logger = get_run_logger()
 
     def report(record: IterationRecord) -> None:
@@ -54,13 +86,21 @@ def train_classifier(
                 record.train_accuracy,
                 validation,
             )
+        faults.checkpoint("train", record.iteration)
 
     validation = None
     if prepared.X_val is not None:
         validation = (prepared.X_val, prepared.raw.y_val)
+    store = checkpoint_store(prepared, circuit, training)
     classifier = build_classifier(circuit, training, callback=report)
-    classifier.fit(prepared.X_train, prepared.raw.y_train, validation_data=validation)
+    classifier.fit(
+        prepared.X_train, prepared.raw.y_train, validation_data=validation, checkpoint=store
+    )
     classifier.callback = None  # the closure holds a logger; keep the fitted model plain
+    for path in store.rejected:
+        logger.warning("skipped a corrupt or truncated checkpoint: %s", path)
+    if classifier.resumed_from_:
+        logger.info("resumed from the checkpoint at iteration %d", classifier.resumed_from_)
     logger.info(
         "trained on %s in %.2f s: %d circuit evaluations in %d batched calls",
         classifier.backend_,
@@ -69,6 +109,19 @@ def train_classifier(
         classifier.primitive_calls_,
     )
     return classifier
+
+
+@task(name="discard-checkpoints", retries=0, cache_policy=NO_CACHE)
+def discard_checkpoints(
+    prepared: PreparedData, circuit: CircuitConfig, training: TrainingConfig
+) -> None:
+    """Remove the checkpoints of this training (a forced re-run starts from scratch)."""
+    checkpoint_store(prepared, circuit, training).clear()
+
+
+def training_task(training: TrainingConfig, force: bool = False) -> Task[Any, Any]:
+    """:func:`train_classifier`, cached on its inputs, with the configured time limit."""
+    return cached(train_classifier, force).with_options(timeout_seconds=training.timeout_s)
 
 
 @task(name="train-baselines", retries=0, cache_policy=NO_CACHE)

@@ -142,7 +142,9 @@ def prefect_server(workdir: Path) -> Iterator[RunningService]:
 
 
 @contextmanager
-def mlflow_server(workdir: Path, workers: int = 2) -> Iterator[RunningService]:
+def mlflow_server(
+    workdir: Path, workers: int = 2, port: int | None = None
+) -> Iterator[RunningService]:
     """Run an MLflow tracking server (SQLite backend, served local artifacts) on loopback.
 
     The SQLite store is created by the single server process before any client connects,
@@ -151,11 +153,13 @@ def mlflow_server(workdir: Path, workers: int = 2) -> Iterator[RunningService]:
     Args:
         workdir: Folder for the store, the artifact root and the log.
         workers: Server worker processes (``make serve`` runs more than one too).
+        port: Port to listen on (default: a free one); pass a stopped server's port to
+            restart it on the same store and URL.
 
     Yields:
         The running server; ``url`` is its tracking URI (``http://127.0.0.1:<port>``).
     """
-    port = free_port()
+    port = port or free_port()
     store = workdir / "mlflow"
     store.mkdir(parents=True, exist_ok=True)
     command = [
@@ -174,3 +178,75 @@ def mlflow_server(workdir: Path, workers: int = 2) -> Iterator[RunningService]:
     ]
     with _service(command, f"http://{LOOPBACK}:{port}", "/health", workdir / "mlflow.log") as svc:
         yield svc
+
+
+FLOW_CHILD = Path(__file__).with_name("flow_child.py")
+
+
+@dataclass
+class FlowProcess:
+    """The ``train`` flow running in a child process (see ``tests/flow_child.py``)."""
+
+    process: subprocess.Popen[bytes]
+    outcome_path: Path
+    log_path: Path
+
+    def wait(self, timeout_s: float = 600) -> dict:
+        """Wait for the child to exit; its outcome (state, result or error) as a dict."""
+        import json
+
+        self.process.wait(timeout=timeout_s)
+        if not self.outcome_path.exists():
+            return {"state": None, "returncode": self.process.returncode, "log": self.log()}
+        outcome = json.loads(self.outcome_path.read_text())
+        outcome["returncode"] = self.process.returncode
+        return outcome
+
+    def log(self) -> str:
+        """The child's stdout and stderr."""
+        return self.log_path.read_text(errors="replace")
+
+
+def start_flow(
+    workdir: Path, name: str, params: dict, env: Mapping[str, str] | None = None
+) -> FlowProcess:
+    """Start ``train(**params)`` in a child process with ``workdir`` as its working directory.
+
+    Args:
+        workdir: Working directory (checkpoints, default stores and logs land there).
+        name: Names the child's files (``<name>.params.json``, ``.outcome.json``, ``.log``).
+        params: Flow parameters as plain data (``dataset``, ``circuit``, ... and ``force``).
+        env: Extra environment (tracking URI, Prefect API URL, faults).
+    """
+    import json
+
+    workdir.mkdir(parents=True, exist_ok=True)
+    params_path = workdir / f"{name}.params.json"
+    params_path.write_text(json.dumps(params))
+    outcome_path = workdir / f"{name}.outcome.json"
+    log_path = workdir / f"{name}.log"
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            [sys.executable, str(FLOW_CHILD), str(params_path), str(outcome_path)],
+            cwd=workdir,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env={
+                **os.environ,
+                "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+                "MPLBACKEND": "Agg",
+                **(env or {}),
+            },
+        )
+    return FlowProcess(process, outcome_path, log_path)
+
+
+def wait_for_file(path: Path, process: subprocess.Popen[bytes], timeout_s: float = 600) -> None:
+    """Wait until ``path`` exists (a child reached a fault point), failing if it exits first."""
+    deadline = time.monotonic() + timeout_s
+    while not path.exists():
+        if process.poll() is not None:
+            raise RuntimeError(f"child exited with {process.returncode} before writing {path}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{path} did not appear within {timeout_s:.0f} s")
+        time.sleep(0.2)

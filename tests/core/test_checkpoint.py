@@ -1,0 +1,87 @@
+"""Checkpoints: atomic, checksummed snapshots; a resumed fit equals an uninterrupted one."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from core_data import blobs
+
+from qmlops import QuantumClassifier
+from qmlops.checkpoint import CheckpointStore, training_key
+
+
+class _Interrupted(Exception):
+    pass
+
+
+def _interrupt_at(iteration: int):
+    def callback(record) -> None:
+        if record.iteration == iteration:
+            raise _Interrupted
+
+    return callback
+
+
+def _classifier(optimizer: str, **extra) -> QuantumClassifier:
+    return QuantumClassifier(optimizer=optimizer, maxiter=9, batch_size=8, random_state=3, **extra)
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "spsa"])
+def test_resumed_fit_equals_uninterrupted_fit(tmp_path: Path, optimizer: str) -> None:
+    X, y = blobs(24, 2, 2)
+    reference = _classifier(optimizer).fit(X, y)
+
+    # Given a fit interrupted at iteration 5 with a snapshot every 2 iterations
+    store = CheckpointStore(tmp_path, "job", every=2)
+    with pytest.raises(_Interrupted):
+        _classifier(optimizer, callback=_interrupt_at(5)).fit(X, y, checkpoint=store)
+    assert [p.name for p in store.paths()] == ["ckpt-000000002.json", "ckpt-000000004.json"]
+
+    # When it is fitted again with the same store, it resumes and ends exactly the same
+    resumed = _classifier(optimizer).fit(X, y, checkpoint=store)
+    assert resumed.resumed_from_ == 4
+    assert reference.resumed_from_ == 0
+    np.testing.assert_array_equal(resumed.weights_, reference.weights_)
+    assert resumed.loss_curve_ == reference.loss_curve_
+    assert resumed.primitive_calls_ == reference.primitive_calls_
+
+
+def test_corrupt_newest_snapshot_falls_back_to_the_previous_good_one(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, "job", every=1, keep=3)
+    for iteration in (1, 2, 3):
+        store.save(iteration, {"value": iteration})
+    newest = store.paths()[-1]
+    newest.write_text(newest.read_text()[:-20])  # truncated
+    middle = store.paths()[-2]
+    middle.write_text(middle.read_text().replace('"value": 2', '"value": 7'))  # altered
+
+    assert store.load_latest() == (1, {"value": 1})
+    assert store.rejected == [newest, middle]
+
+
+def test_snapshots_are_written_atomically_and_pruned(tmp_path: Path) -> None:
+    store = CheckpointStore(tmp_path, "job", every=1, keep=2)
+    for iteration in range(1, 6):
+        store.save(iteration, {"value": iteration})
+    assert [p.name for p in store.paths()] == ["ckpt-000000004.json", "ckpt-000000005.json"]
+    assert not list(store.folder.glob(".tmp-*"))
+    assert store.load_latest() == (5, {"value": 5})
+    store.clear()
+    assert store.load_latest() is None
+
+
+def test_snapshot_of_another_job_is_not_used(tmp_path: Path) -> None:
+    CheckpointStore(tmp_path, "a", every=1).save(3, {"value": 3})
+    (tmp_path / "b").mkdir()
+    for path in (tmp_path / "a").iterdir():
+        (tmp_path / "b" / path.name).write_text(path.read_text())
+    assert CheckpointStore(tmp_path, "b").load_latest() is None
+
+
+def test_training_key_changes_with_any_input() -> None:
+    base = training_key(fingerprint="f", seed=1)
+    assert base == training_key(seed=1, fingerprint="f")
+    assert base != training_key(fingerprint="f", seed=2)
+    assert base != training_key(fingerprint="g", seed=1)
