@@ -11,7 +11,7 @@ export PREFECT_PORT ?= 4200
 export MLFLOW_PORT ?= 5000
 export QMLOPS_SERVE_DIR ?= $(CURDIR)/.qmlops/serve
 
-.PHONY: install demo test test-fast lint format lock clean ui-mlflow serve stop deploy bench-sweep
+.PHONY: install demo test test-fast lint format lock clean ui-mlflow serve stop deploy bench bench-sweep
 
 install: $(STAMP)
 
@@ -29,6 +29,10 @@ test: install
 
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
+
+# Training-speed benchmark (minutes: the VQC trainings dominate); writes benchmarks/RESULTS.md.
+bench: install
+	$(BIN)/python benchmarks/train_speed.py
 
 # Sweep scaling: sequential vs threads vs local Ray on 8 configurations (a few minutes).
 bench-sweep: install

@@ -55,7 +55,14 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             ``None`` uses all samples. COBYLA always uses all samples.
         shots: ``None`` for exact probabilities, else measurement shots per circuit.
         backend: ``"auto"``, ``"numpy"`` or ``"aer"`` (see :mod:`qmlops.simulation`).
-        simulator_threads: Threads the simulator may use (``0``: all cores).
+        simulator_threads: Threads the simulation may use. ``0`` (default) means automatic:
+            the cores this process may run on, capped by the current threadpoolctl limit
+            when ``fit`` starts. To run several trainings at once without oversubscribing,
+            fit each inside ``threadpoolctl.threadpool_limits(limits=k)`` (cores divided by
+            concurrent trainings) or pass ``simulator_threads=k``: the numpy engine then uses
+            at most ``k`` worker threads and Aer gets ``max_parallel_threads=k``. numpy's BLAS
+            (used by the numpy engine's matrix product for small circuits) follows the
+            threadpoolctl limit only.
         max_memory_bytes: Size guard on statevector memory (``None``: half of this machine).
         max_circuit_evaluations: Size guard on circuit evaluations (``None``: no limit).
         random_state: Seeds the initial weights and the shot sampler.

@@ -6,28 +6,49 @@ Two engines compute the same numbers:
   diagonal class-projector observable per class; shot mode uses ``SamplerV2``. Every request of
   an optimizer step goes into ONE primitive call, with all samples and weight points as
   parameter-value arrays bound at run time.
-* ``numpy``: an exact batched statevector engine for the ansatz. The encoded feature states
-  ``|phi(x)>`` do not depend on the weights, so they are computed once per data set (by Aer, in one
-  call) and reused; each step then applies only the ansatz gates to all (weights, sample) pairs at
-  once. It matches Aer to 1e-9 and is chosen automatically for exact evaluation of circuits up to
-  :data:`NUMPY_MAX_QUBITS` qubits.
+* ``numpy``: an exact batched statevector engine (:mod:`qmlops.statevector`). The feature map
+  and the ansatz are lowered once per circuit description. The encoded feature states
+  ``|phi(x)>`` do not depend on the weights, so they are computed once per data set and reused;
+  each step then applies only the ansatz to all (weight point, sample) pairs at once. For small
+  circuits with more samples than amplitudes it builds the ansatz unitary of each weight point
+  (by running the ansatz on the identity) and applies it to all encoded states in one matrix
+  product. It matches Aer to 1e-9 and is chosen automatically for exact evaluation of circuits
+  up to :data:`NUMPY_MAX_QUBITS` qubits.
+
+Threads: ``simulator_threads=0`` (the default) resolves, when the evaluator is built, to the
+cores this process may use capped by the current ``threadpoolctl`` limit
+(:func:`qmlops.statevector.resolve_threads`). The numpy engine splits large batches over that
+many worker threads, its matrix products run in numpy's BLAS (which follows threadpoolctl), and
+Aer gets the count as ``max_parallel_threads``.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
+import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
 import numpy as np
-from qiskit import QuantumCircuit, transpile
-from qiskit.circuit import Parameter
-from qiskit.quantum_info import Operator, SparsePauliOp
+from qiskit.quantum_info import SparsePauliOp
 
 from qmlops.circuits import COMPLEX_BYTES, CircuitSpec
 from qmlops.errors import ConfigurationError, InputError, SimulationError
+from qmlops.statevector import (
+    Program,
+    Readout,
+    UnsupportedCircuitError,
+    compile_program,
+    encode,
+    parallel_map,
+    resolve_threads,
+    run_program,
+)
+
+__all__ = ["BACKENDS", "CircuitEvaluator", "EvaluationCounters", "UnsupportedCircuitError"]
 
 BackendName = Literal["auto", "numpy", "aer"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
@@ -35,9 +56,13 @@ BACKENDS: tuple[str, ...] = get_args(BackendName)
 NUMPY_MAX_QUBITS = 16
 """Largest circuit the ``auto`` backend hands to the numpy engine."""
 
-_NUMPY_BASIS = ["rx", "ry", "rz", "p", "h", "x", "y", "z", "s", "sdg", "sx", "cx", "cz", "swap"]
 _WORK_BYTES = 64 * 2**20
 _ENCODING_CACHE_SIZE = 4
+_PARALLEL_MIN_AMPLITUDES = 2**16
+_BLOCK_AMPLITUDES = 2**15
+"""Below this many amplitudes per call, worker threads cost more than they save."""
+_UNITARY_MAX_QUBITS = 10
+_GEMM_SPEEDUP = 8
 
 Request = tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]
 """``(features, weights[, rows])``: features ``(N, n_qubits)``, weight points ``(M, n_weights)``
@@ -45,119 +70,14 @@ and optionally the indices of the rows of ``features`` to evaluate (a mini-batch
 states of the whole ``features`` array stay cached, so mini-batches reuse them."""
 
 
-def _rotation_matrices(name: str, angles: np.ndarray) -> np.ndarray:
-    """Return ``(len(angles), 2, 2)`` matrices of a one-qubit rotation gate."""
-    half = angles / 2.0
-    cos, sin = np.cos(half), np.sin(half)
-    out = np.zeros((angles.shape[0], 2, 2), dtype=np.complex128)
-    if name == "ry":
-        out[:, 0, 0], out[:, 0, 1], out[:, 1, 0], out[:, 1, 1] = cos, -sin, sin, cos
-    elif name == "rx":
-        out[:, 0, 0], out[:, 1, 1] = cos, cos
-        out[:, 0, 1] = out[:, 1, 0] = -1j * sin
-    elif name == "rz":
-        out[:, 0, 0], out[:, 1, 1] = np.exp(-1j * half), np.exp(1j * half)
-    elif name == "p":
-        out[:, 0, 0], out[:, 1, 1] = 1.0, np.exp(1j * angles)
-    else:  # pragma: no cover - guarded by _compile_ansatz
-        raise ValueError(name)
-    return out
-
-
-@dataclass(frozen=True)
-class _Op:
-    qubits: tuple[int, ...]
-    matrix: np.ndarray | None = None
-    rotation: str | None = None
-    weight_index: int = -1
-    permutation: np.ndarray | None = None
-
-
-class UnsupportedCircuitError(ConfigurationError):
-    """The numpy engine cannot simulate this ansatz (use the Aer backend)."""
-
-
-def _compile_ansatz(ansatz: QuantumCircuit) -> list[_Op]:
-    """Lower the ansatz to gates the numpy engine applies, with weights as bare parameters."""
-    lowered = transpile(ansatz, basis_gates=_NUMPY_BASIS, optimization_level=0)
-    index_of = {param: i for i, param in enumerate(ansatz.parameters)}
-    n_qubits = ansatz.num_qubits
-    ops: list[_Op] = []
-    for instruction in lowered.data:
-        operation = instruction.operation
-        qubits = tuple(lowered.find_bit(q).index for q in instruction.qubits)
-        if operation.name == "barrier":
-            continue
-        if operation.params and operation.name in ("rx", "ry", "rz", "p"):
-            (angle,) = operation.params
-            if isinstance(angle, Parameter) and angle in index_of:
-                ops.append(_Op(qubits, rotation=operation.name, weight_index=index_of[angle]))
-                continue
-            if not hasattr(angle, "parameters") or not angle.parameters:
-                ops.append(_Op(qubits, matrix=Operator(operation).data))
-                continue
-            raise UnsupportedCircuitError(
-                f"gate {operation.name}({angle}) is not a bare weight; use backend='aer'"
-            )
-        if operation.params:
-            raise UnsupportedCircuitError(f"unsupported parameterised gate {operation.name}")
-        matrix = Operator(operation).data
-        if len(qubits) == 1:
-            ops.append(_Op(qubits, matrix=matrix))
-        elif len(qubits) == 2 and _is_permutation(matrix):
-            ops.append(_Op(qubits, permutation=_basis_permutation(matrix, qubits, n_qubits)))
-        elif len(qubits) == 2:
-            ops.append(_Op(qubits, matrix=matrix))
-        else:
-            raise UnsupportedCircuitError(f"unsupported {len(qubits)}-qubit gate {operation.name}")
-    return ops
-
-
-def _is_permutation(matrix: np.ndarray) -> bool:
-    return bool(
-        np.all(np.isclose(matrix, 0) | np.isclose(matrix, 1))
-        and np.all(np.isclose(matrix, 1).sum(axis=0) == 1)
+@functools.lru_cache(maxsize=64)
+def _programs(spec: CircuitSpec) -> tuple[Program, Program]:
+    """Feature-map and ansatz programs of a circuit, lowered once per description."""
+    feature_map, ansatz = spec.feature_map_circuit(), spec.ansatz_circuit()
+    return (
+        compile_program(feature_map, features=list(feature_map.parameters)),
+        compile_program(ansatz, weights=list(ansatz.parameters)),
     )
-
-
-def _basis_permutation(matrix: np.ndarray, qubits: tuple[int, ...], n_qubits: int) -> np.ndarray:
-    """Gather indices so that ``new[i] = old[perm[i]]`` for a 2-qubit permutation gate."""
-    qa, qb = qubits
-    indices = np.arange(2**n_qubits)
-    local_in = ((indices >> qb) & 1) * 2 + ((indices >> qa) & 1)
-    # matrix[out, in] == 1: find the input basis state that lands on each output state.
-    source_local = np.argmax(np.isclose(matrix, 1), axis=1)[local_in]
-    cleared = indices & ~((1 << qa) | (1 << qb))
-    return cleared | ((source_local & 1) << qa) | (((source_local >> 1) & 1) << qb)
-
-
-def _apply_ops(states: np.ndarray, weights: np.ndarray, ops: Sequence[_Op]) -> np.ndarray:
-    """Apply the compiled ansatz to ``states (M, D, N)`` with weight points ``(M, P)``."""
-    m_points, dim, n_samples = states.shape
-    n_qubits = dim.bit_length() - 1
-    psi = states
-    for op in ops:
-        if op.permutation is not None:
-            psi = psi[:, op.permutation, :]
-            continue
-        if len(op.qubits) == 1:
-            (qubit,) = op.qubits
-            view = psi.reshape(m_points, dim >> (qubit + 1), 2, (1 << qubit) * n_samples)
-            if op.rotation is not None:
-                gate = _rotation_matrices(op.rotation, weights[:, op.weight_index])[:, None]
-            else:
-                assert op.matrix is not None
-                gate = op.matrix
-            psi = np.matmul(gate, view).reshape(m_points, dim, n_samples)
-            continue
-        qa, qb = op.qubits
-        tensor = psi.reshape((m_points,) + (2,) * n_qubits + (n_samples,))
-        axis_a, axis_b = 1 + (n_qubits - 1 - qa), 1 + (n_qubits - 1 - qb)
-        assert op.matrix is not None
-        gate4 = op.matrix.reshape(2, 2, 2, 2)
-        tensor = np.tensordot(gate4, tensor, axes=([2, 3], [axis_b, axis_a]))
-        psi = np.moveaxis(tensor, [0, 1], [axis_b, axis_a]).reshape(m_points, dim, n_samples)
-    return psi
 
 
 def _fingerprint(array: np.ndarray) -> str:
@@ -191,6 +111,8 @@ class EvaluationCounters:
     circuit_evaluations: int = 0
     encoded_samples: int = 0
     per_call_sizes: list[int] = field(default_factory=list)
+    seconds: float = 0.0
+    """Wall time spent inside :meth:`CircuitEvaluator.class_probabilities`."""
 
 
 class CircuitEvaluator:
@@ -202,7 +124,9 @@ class CircuitEvaluator:
         backend: ``"auto"``, ``"numpy"`` or ``"aer"`` (see the module docstring).
         seed: Seed of the shot sampler; each call draws a fresh seed from it, so runs are
             reproducible without reusing the same shot noise at every step.
-        simulator_threads: Threads Aer may use (``0``: all cores).
+        simulator_threads: Threads the simulation may use; ``0`` (default) resolves, when the
+            evaluator is built, to this process's cores capped by the current threadpoolctl
+            limit (see the module docstring). The resolved count is :attr:`threads`.
     """
 
     def __init__(
@@ -220,9 +144,14 @@ class CircuitEvaluator:
             raise ConfigurationError(f"shots must be None (exact) or >= 1, got {shots!r}")
         if backend == "numpy" and shots is not None:
             raise ConfigurationError("the numpy backend is exact only; use backend='aer' for shots")
+        if isinstance(simulator_threads, bool) or int(simulator_threads) < 0:
+            raise ConfigurationError(
+                f"simulator_threads must be >= 0 (0: automatic), got {simulator_threads!r}"
+            )
         self.spec = spec
         self.shots = None if shots is None else int(shots)
         self.simulator_threads = int(simulator_threads)
+        self.threads = resolve_threads(self.simulator_threads)
         self.counters = EvaluationCounters()
         self._rng = np.random.default_rng(seed)
         self._feature_map = spec.feature_map_circuit()
@@ -230,8 +159,11 @@ class CircuitEvaluator:
         self._circuit = self._feature_map.compose(self._ansatz)
         self._outcome_class = spec.class_of_outcome()
         self._encodings: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._ops: list[_Op] | None = None
+        self._programs: tuple[Program, Program] | None = None
         self.backend = self._resolve_backend(backend)
+        self.unitary_path = "auto"
+        """``"auto"``, ``"always"`` or ``"never"``: when the numpy engine multiplies by the
+        ansatz unitary instead of running the ansatz on every sample (for tests)."""
 
     def _resolve_backend(self, requested: str) -> str:
         if requested == "aer":
@@ -242,7 +174,7 @@ class CircuitEvaluator:
         if not wants_numpy:
             return "aer"
         try:
-            self._ops = _compile_ansatz(self._ansatz)
+            self._programs = _programs(self.spec)
         except UnsupportedCircuitError:
             if requested == "numpy":
                 raise
@@ -268,6 +200,7 @@ class CircuitEvaluator:
             InputError: If an array has the wrong shape or holds NaN or infinite values.
             SimulationError: If the simulator fails or returns non-finite numbers.
         """
+        started = time.perf_counter()
         checked = [self._check_request(*request) for request in requests]
         if self.backend == "numpy":
             results = self._numpy_probabilities(checked)
@@ -275,6 +208,7 @@ class CircuitEvaluator:
             results = self._aer_exact_probabilities(checked)
         else:
             results = self._aer_shot_probabilities(checked)
+        self.counters.seconds += time.perf_counter() - started
         self.counters.primitive_calls += 1
         size = sum(len(rows) * w.shape[0] for _, w, rows in checked)
         self.counters.circuit_evaluations += size
@@ -306,65 +240,94 @@ class CircuitEvaluator:
     # -- numpy engine -------------------------------------------------------------------
 
     def encode(self, features: np.ndarray) -> np.ndarray:
-        """Return the encoded feature states ``(N, 2**n_qubits)``, cached per data set."""
+        """Return the encoded feature states ``(2**n_qubits, N)``, cached per data set."""
+        assert self._programs is not None
         key = _fingerprint(features)
         cached = self._encodings.get(key)
         if cached is not None:
             self._encodings.move_to_end(key)
             return cached
-        states = self._aer_statevectors(features)
+        states = encode(self._programs[0], features)
         self._encodings[key] = states
         while len(self._encodings) > _ENCODING_CACHE_SIZE:
             self._encodings.popitem(last=False)
         self.counters.encoded_samples += features.shape[0]
         return states
 
-    def _aer_statevectors(self, features: np.ndarray) -> np.ndarray:
-        from qiskit_aer import AerSimulator
-
-        simulator = AerSimulator(method="statevector", max_parallel_threads=self.simulator_threads)
-        circuit = self._feature_map.copy()
-        circuit.save_statevector()
-        circuit = transpile(circuit, simulator, optimization_level=0)
-        binds = {
-            param: features[:, i].tolist() for i, param in enumerate(self._feature_map.parameters)
-        }
-        result = simulator.run(circuit, parameter_binds=[binds]).result()
-        if not result.success:
-            raise SimulationError(f"Aer failed to encode the features: {result.status}")
-        states = np.array(
-            [np.asarray(result.get_statevector(i)) for i in range(features.shape[0])],
-            dtype=np.complex128,
-        )
-        return states.reshape(features.shape[0], 2**self.spec.n_qubits)
-
     def _numpy_probabilities(
         self, requests: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
     ) -> list[np.ndarray]:
-        assert self._ops is not None
-        n_classes = self.spec.n_classes
-        dim = 2**self.spec.n_qubits
-        onehot = np.eye(n_classes)[self._outcome_class]
+        assert self._programs is not None
+        readout = Readout.of(self._outcome_class, self.spec.n_classes)
         results = []
         for features, weights, rows in requests:
-            encoded = self.encode(features)[rows].T  # (D, N)
-            n_points, n_samples = weights.shape[0], rows.shape[0]
-            out = np.empty((n_points, n_samples, n_classes))
-            per_column = dim * COMPLEX_BYTES
-            points_chunk = max(1, min(n_points, _WORK_BYTES // (per_column * n_samples) or 1))
-            samples_chunk = max(1, min(n_samples, _WORK_BYTES // (per_column * points_chunk)))
-            for p0 in range(0, n_points, points_chunk):
-                w = weights[p0 : p0 + points_chunk]
-                for s0 in range(0, n_samples, samples_chunk):
-                    block = encoded[:, s0 : s0 + samples_chunk]
-                    states = np.broadcast_to(block, (w.shape[0],) + block.shape).copy()
-                    psi = _apply_ops(states, w, self._ops)
-                    probs = psi.real**2 + psi.imag**2  # (m, D, n)
-                    out[p0 : p0 + w.shape[0], s0 : s0 + block.shape[1]] = np.einsum(
-                        "mdn,dk->mnk", probs, onehot, optimize=True
-                    )
+            encoded = np.ascontiguousarray(self.encode(features)[:, rows])  # (D, N)
+            out = np.empty((weights.shape[0], rows.shape[0], self.spec.n_classes))
+            if self._use_unitary(rows.shape[0], weights.shape[0]):
+                self._probabilities_by_unitary(encoded, weights, readout, out)
+            else:
+                self._probabilities_by_states(encoded, weights, readout, out)
             results.append(out)
         return results
+
+    def _use_unitary(self, n_samples: int, n_points: int) -> bool:
+        if self.unitary_path != "auto":
+            return self.unitary_path == "always"
+        assert self._programs is not None
+        dim, gates = 2**self.spec.n_qubits, self._programs[1].n_operations
+        # Building U costs a gate pass over `dim` columns per weight point; multiplying it into
+        # the states is one BLAS call, about _GEMM_SPEEDUP times cheaper per amplitude than a
+        # gate pass. Running the ansatz directly costs a gate pass over `n_samples` columns.
+        by_unitary = dim * (gates + n_samples / _GEMM_SPEEDUP)
+        return self.spec.n_qubits <= _UNITARY_MAX_QUBITS and by_unitary < gates * n_samples
+
+    def _probabilities_by_unitary(
+        self, encoded: np.ndarray, weights: np.ndarray, readout: Readout, out: np.ndarray
+    ) -> None:
+        """Run the ansatz on the identity (giving U per weight point), then U @ states."""
+        assert self._programs is not None
+        ansatz = self._programs[1]
+        (dim, n_samples), n_points = encoded.shape, weights.shape[0]
+        dtype = np.float64 if ansatz.is_real else np.complex128
+        # A real U acts on the real and imaginary parts alike: multiply the float64 view.
+        states = encoded.view(np.float64) if ansatz.is_real else encoded
+        chunk = max(1, _WORK_BYTES // (COMPLEX_BYTES * dim * max(dim, n_samples)))
+        for p0 in range(0, n_points, chunk):
+            w = weights[p0 : p0 + chunk]
+            unitary = np.broadcast_to(np.eye(dim, dtype=dtype), (w.shape[0], dim, dim)).copy()
+            run_program(ansatz, unitary, w)
+            amplitudes = np.matmul(unitary, states)
+            if ansatz.is_real:
+                amplitudes = amplitudes.view(np.complex128)
+            out[p0 : p0 + w.shape[0]] = readout(amplitudes)
+
+    def _probabilities_by_states(
+        self, encoded: np.ndarray, weights: np.ndarray, readout: Readout, out: np.ndarray
+    ) -> None:
+        """Run the ansatz on every (weight point, sample) pair, in blocks over worker threads."""
+        assert self._programs is not None
+        ansatz = self._programs[1]
+        (dim, n_samples), n_points = encoded.shape, weights.shape[0]
+        # Blocks small enough to stay in cache across all the gate passes of the ansatz.
+        work = max(1, _BLOCK_AMPLITUDES // dim)  # (point, sample) columns per block
+        points_chunk = max(1, min(n_points, work // n_samples))
+        samples_chunk = max(1, min(n_samples, work // points_chunk))
+        threads = self.threads if n_points * n_samples * dim >= _PARALLEL_MIN_AMPLITUDES else 1
+        blocks = [
+            (p0, s0)
+            for p0 in range(0, n_points, points_chunk)
+            for s0 in range(0, n_samples, samples_chunk)
+        ]
+
+        def run_block(block: tuple[int, int]) -> None:
+            p0, s0 = block
+            w = weights[p0 : p0 + points_chunk]
+            columns = encoded[:, s0 : s0 + samples_chunk]
+            states = np.broadcast_to(columns, (w.shape[0],) + columns.shape).copy()
+            run_program(ansatz, states.view(np.float64) if ansatz.is_real else states, w)
+            out[p0 : p0 + w.shape[0], s0 : s0 + columns.shape[1]] = readout(states)
+
+        parallel_map(run_block, blocks, threads)
 
     # -- Aer primitives -----------------------------------------------------------------
 
@@ -384,7 +347,7 @@ class CircuitEvaluator:
     def _backend_options(self) -> dict[str, object]:
         return {
             "method": "statevector",
-            "max_parallel_threads": self.simulator_threads,
+            "max_parallel_threads": self.threads,
             "runtime_parameter_bind_enable": True,
         }
 

@@ -290,3 +290,25 @@ def test_default_ansatz_depth_grows_with_width() -> None:
     fitted = QuantumClassifier(maxiter=1, random_state=0).fit(X, y)
     assert fitted.get_params()["ansatz_reps"] is None
     assert fitted.spec_.ansatz_reps == 3
+
+
+@pytest.mark.parametrize("optimizer", ["cobyla", "adam"])
+def test_fast_exact_paths_train_like_aer(optimizer: str, three_class_data) -> None:
+    # The numpy engine's shortcuts (cached programs, numpy encoding, unitary product, worker
+    # threads) must give Aer's training run: same loss at every step, same predictions.
+    X, y = three_class_data
+    params = {
+        "feature_map": "zz",
+        "ansatz": "real_amplitudes",
+        "ansatz_reps": 2,
+        "optimizer": optimizer,
+        "maxiter": 6,
+        "learning_rate": 1.0 if optimizer == "cobyla" else 0.1,
+        "batch_size": None,
+    }
+    reference = fitted(X, y, backend="aer", **params)
+    for threads in (1, 2):
+        fast = fitted(X, y, backend="numpy", simulator_threads=threads, **params)
+        np.testing.assert_allclose(fast.loss_curve_, reference.loss_curve_, atol=1e-8)
+        np.testing.assert_array_equal(fast.predict(X), reference.predict(X))
+        np.testing.assert_allclose(fast.predict_proba(X), reference.predict_proba(X), atol=1e-8)

@@ -189,3 +189,92 @@ def test_one_qubit_circuit(spec_params: dict[str, str]) -> None:
     got = CircuitEvaluator(spec, backend="numpy").class_probabilities([(X, W)])[0]
     expected = CircuitEvaluator(spec, backend="aer").class_probabilities([(X, W)])[0]
     assert np.max(np.abs(got - expected)) < 1e-9
+
+
+@pytest.mark.parametrize(("feature_map", "ansatz", "entanglement"), FAMILIES)
+def test_numpy_encoding_matches_aer_statevectors(
+    feature_map: str, ansatz: str, entanglement: str
+) -> None:
+    from qiskit_aer import AerSimulator
+
+    spec = CircuitSpec(
+        n_qubits=3, n_classes=2, feature_map=feature_map, ansatz=ansatz, entanglement=entanglement
+    )
+    X, _ = random_inputs(spec, n_samples=4)
+    got = CircuitEvaluator(spec, backend="numpy").encode(X)  # (D, N)
+    circuit = spec.feature_map_circuit()
+    binds = {p: X[:, i].tolist() for i, p in enumerate(circuit.parameters)}
+    circuit.save_statevector()
+    result = AerSimulator(method="statevector").run(circuit, parameter_binds=[binds]).result()
+    for column in range(X.shape[0]):
+        expected = np.asarray(result.get_statevector(column))
+        # equal up to a global phase, which no probability depends on
+        overlap = np.vdot(expected, got[:, column])
+        assert abs(abs(overlap) - 1.0) < 1e-9
+        assert np.max(np.abs(got[:, column] * np.conj(overlap) - expected)) < 1e-9
+
+
+@pytest.mark.parametrize(
+    ("feature_map", "ansatz"), [("zz", "real_amplitudes"), ("pauli", "efficient_su2")]
+)
+@pytest.mark.parametrize(("n_samples", "n_points"), [(20, 1), (5, 4)])
+def test_unitary_and_per_sample_paths_agree_with_aer(
+    feature_map: str, ansatz: str, n_samples: int, n_points: int
+) -> None:
+    # The numpy engine either runs the ansatz on every sample or builds its unitary and
+    # multiplies; both must give Aer's numbers, whichever "auto" would pick.
+    spec = CircuitSpec(n_qubits=3, n_classes=3, feature_map=feature_map, ansatz=ansatz)
+    X, W = random_inputs(spec, n_samples=n_samples, n_points=n_points, seed=5)
+    expected = CircuitEvaluator(spec, backend="aer").class_probabilities([(X, W)])[0]
+    for path in ("always", "never", "auto"):
+        evaluator = CircuitEvaluator(spec, backend="numpy")
+        evaluator.unitary_path = path
+        got = evaluator.class_probabilities([(X, W, np.arange(n_samples)[::-1])])[0]
+        assert np.max(np.abs(got - expected[:, ::-1])) < 1e-9, path
+
+
+def test_worker_threads_give_the_same_numbers() -> None:
+    # 10 qubits x 64 samples is over the size at which the engine splits work over threads.
+    spec = CircuitSpec(n_qubits=10, n_classes=2, feature_map="zz", ansatz_reps=1)
+    X, W = random_inputs(spec, n_samples=64, n_points=2, seed=2)
+    single = CircuitEvaluator(spec, backend="numpy", simulator_threads=1)
+    double = CircuitEvaluator(spec, backend="numpy", simulator_threads=2)
+    assert (single.threads, double.threads) == (1, 2)
+    for evaluator in (single, double):
+        evaluator.unitary_path = "never"
+    one = single.class_probabilities([(X, W)])[0]
+    two = double.class_probabilities([(X, W)])[0]
+    np.testing.assert_allclose(one, two, atol=1e-12)
+    assert np.max(np.abs(one[0] - one[1])) > 1e-4
+
+
+def test_automatic_threads_follow_threadpoolctl_limits() -> None:
+    from threadpoolctl import threadpool_limits
+
+    from qmlops.statevector import available_cores, resolve_threads
+
+    spec = CircuitSpec(n_qubits=2, n_classes=2)
+    assert resolve_threads(3) == 3
+    assert 1 <= resolve_threads(0) <= available_cores()
+    with threadpool_limits(limits=1):
+        assert resolve_threads(0) == 1
+        assert CircuitEvaluator(spec).threads == 1
+        assert CircuitEvaluator(spec, simulator_threads=2).threads == 2
+
+
+def test_negative_threads_rejected() -> None:
+    from qmlops.errors import ConfigurationError
+
+    with pytest.raises(ConfigurationError, match="simulator_threads"):
+        CircuitEvaluator(CircuitSpec(n_qubits=2, n_classes=2), simulator_threads=-1)
+
+
+def test_programs_are_compiled_once_per_circuit_description() -> None:
+    from qmlops.simulation import _programs
+
+    spec = CircuitSpec(n_qubits=3, n_classes=2, ansatz_reps=4)
+    _programs.cache_clear()
+    CircuitEvaluator(spec)
+    CircuitEvaluator(spec)
+    assert _programs.cache_info().misses == 1
+    assert _programs.cache_info().hits == 1
