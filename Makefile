@@ -30,9 +30,10 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
-# Training-speed benchmark (minutes: the VQC trainings dominate); writes benchmarks/RESULTS.md.
+# Both benchmarks (about 15 min on 2 cores: the VQC trainings dominate); write benchmarks/RESULTS.md.
 bench: install
 	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python benchmarks/sweep_scaling.py
 
 # Sweep scaling: sequential vs threads vs local Ray on 8 configurations (a few minutes).
 bench-sweep: install

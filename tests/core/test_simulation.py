@@ -9,7 +9,7 @@ import pytest
 
 from qmlops.circuits import CircuitSpec, class_of_outcome
 from qmlops.errors import InputError
-from qmlops.simulation import CircuitEvaluator
+from qmlops.simulation import NUMPY_MAX_QUBITS, CircuitEvaluator
 
 FAMILIES = list(
     itertools.product(
@@ -63,6 +63,8 @@ def test_auto_backend_picks_numpy_for_exact_small_circuits() -> None:
     spec = CircuitSpec(n_qubits=3, n_classes=2)
     assert CircuitEvaluator(spec).backend == "numpy"
     assert CircuitEvaluator(spec, shots=100).backend == "aer"
+    wide = CircuitSpec(n_qubits=NUMPY_MAX_QUBITS + 1, n_classes=2)
+    assert CircuitEvaluator(wide).backend == "aer"
 
 
 def test_shots_close_to_exact() -> None:
