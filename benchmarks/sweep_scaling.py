@@ -52,6 +52,8 @@ def space_document(maxiter: int) -> dict:
 
 
 def run_mode(mode: str, cores: int, maxiter: int, store: Path) -> tuple[float, list[dict]]:
+    import tempfile
+
     from flows.sweep import sweep
     from qmlops.config import TrackingConfig
     from qmlops.sweep import SweepExecution, parse_space
@@ -65,6 +67,9 @@ def run_mode(mode: str, cores: int, maxiter: int, store: Path) -> tuple[float, l
         tracking_uri=f"sqlite:///{store / 'mlflow.db'}",
         register_model=False,
     )
+    # Every run trains from scratch: a checkpoint folder left by an earlier run would let the
+    # trainings resume at their last iteration (Ray's workers inherit this when Ray starts).
+    os.environ["QMLOPS_CHECKPOINT_DIR"] = tempfile.mkdtemp(prefix="checkpoints-", dir=store)
     started = time.perf_counter()
     result = sweep(
         space=parse_space(space_document(maxiter)), execution=execution, tracking=tracking
@@ -129,7 +134,7 @@ def main() -> int:
         load_after = os.getloadavg()
         from prefect.logging.handlers import APILogHandler
 
-        APILogHandler.flush()  # ship the run logs before the server stops
+        APILogHandler().flush()  # ship the run logs before the server stops
     problems = check_identical(rows_by_mode)
     median = {mode: statistics.median(values) for mode, values in times.items()}
     training = sum(row["training_time_s"] or 0.0 for row in rows_by_mode["sequential"])

@@ -103,6 +103,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "MLFLOW_PORT": str(mlflow_port),
             "QMLOPS_SERVE_DIR": str(root / "state"),
             "QMLOPS_MLFLOW_STORE": str(root / "mlflow"),
+            # The worker runs flows in the project folder; keep their checkpoints out of it.
+            "QMLOPS_CHECKPOINT_DIR": str(root / "checkpoints"),
             "PREFECT_WORKER_QUERY_SECONDS": "2",
         }
     )

@@ -66,13 +66,19 @@ def thread_sweep(
     prefect_harness: None, space_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
     """The 4-configuration sweep under the thread runner (run once, checked by two tests)."""
-    uri = f"sqlite:///{tmp_path_factory.mktemp('threads') / 'mlflow.db'}"
-    result = sweep(
-        space=load_space(space_file),
-        execution=SweepExecution(runner="threads", max_parallel=2),
-        tracking=TrackingConfig(experiment="sweep-test", tracking_uri=uri, register_model=False),
-    )
-    return result
+    folder = tmp_path_factory.mktemp("threads")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    # Train from scratch into a folder of this test, not into the working directory's
+    # checkpoints (an earlier session's final checkpoints would let every training resume).
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("QMLOPS_CHECKPOINT_DIR", str(folder / "checkpoints"))
+        return sweep(
+            space=load_space(space_file),
+            execution=SweepExecution(runner="threads", max_parallel=2),
+            tracking=TrackingConfig(
+                experiment="sweep-test", tracking_uri=uri, register_model=False
+            ),
+        )
 
 
 def test_thread_sweep_records_parent_children_and_comparison(thread_sweep: dict) -> None:
