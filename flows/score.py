@@ -11,6 +11,7 @@ from prefect.runtime import flow_run
 
 from qmlops.config import ScoringConfig
 from qmlops.scoring import check_output_path, write_table
+from tasks.hygiene import close_or_remember, prepare_tracking
 from tasks.scoring import check_input_columns, predict_batch, read_scoring_input
 from tasks.tracking import (
     end_tracking_run,
@@ -43,6 +44,7 @@ def score(scoring: ScoringConfig) -> dict[str, Any]:
     features = check_input_columns(frame, model.input_columns)
     predictions = predict_batch(model.pyfunc, features)
 
+    prepare_tracking(scoring.tracking_uri, scoring.experiment)
     run = start_tracking_run(
         scoring.tracking_uri,
         scoring.experiment,
@@ -72,10 +74,10 @@ def score(scoring: ScoringConfig) -> dict[str, Any]:
             key="score-summary",
             description="qmlops batch scoring",
         )
+        end_tracking_run(run, "FINISHED")
     except BaseException as error:
-        end_tracking_run(run, "FAILED", f"{type(error).__name__}: {error}")
+        close_or_remember(run, error)  # KILLED on SIGTERM, FAILED otherwise
         raise
-    end_tracking_run(run, "FINISHED")
     return {
         "run_id": run.run_id,
         "tracking_uri": run.tracking_uri,

@@ -35,6 +35,7 @@ from qmlops.sweep import (
 from qmlops.sweep_report import comparison_rows, outcome, select_best, selection_rule
 from tasks.data import load_dataset, preprocess_features
 from tasks.evaluation import evaluate_models
+from tasks.hygiene import close_or_remember, prepare_tracking
 from tasks.sweep import configuration_task, data_key_label, make_task_runner
 from tasks.tracking import (
     TrackedRun,
@@ -183,6 +184,7 @@ def sweep(
     api_url = get_current_settings().api.url
     runner = make_task_runner(execution, api_url)  # fails fast on Ray without a server
     print(f"sweep: {len(configurations)} configurations, runner {execution.runner}")
+    prepare_tracking(tracking.tracking_uri, tracking.experiment)
     parent = start_tracking_run(
         tracking.tracking_uri,
         tracking.experiment,
@@ -225,10 +227,10 @@ def sweep(
             registered = register_run_model(parent, best["mlflow_run_id"], tracking.model_name)
         if best is not None:
             print(f"best configuration: {best['configuration']} {metric}={best[metric]:.3f}")
+        end_tracking_run(parent, "FINISHED")
     except BaseException as error:
-        end_tracking_run(parent, "FAILED", _error_text(error))
+        close_or_remember(parent, error)  # KILLED on SIGTERM, FAILED otherwise
         raise
-    end_tracking_run(parent, "FINISHED")
     return {
         "run_id": parent.run_id,
         "tracking_uri": parent.tracking_uri,

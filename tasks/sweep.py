@@ -28,6 +28,7 @@ from qmlops.sweep import SweepConfiguration, SweepExecution
 from qmlops.sweep_report import outcome
 from tasks.data import PreparedData
 from tasks.evaluation import evaluate_models
+from tasks.hygiene import close_or_remember
 from tasks.tracking import (
     TrackedRun,
     end_tracking_run,
@@ -127,10 +128,10 @@ def train_configuration(
             log_training(child, classifier)
             log_evaluation(child, evaluations)
             log_model(child, classifier, prepared, list(dataset.feature_names), model_name, False)
+            end_tracking_run(child, "FINISHED")
         except BaseException as error:
-            end_tracking_run(child, "FAILED", f"{type(error).__name__}: {error}")
+            close_or_remember(child, error)  # KILLED on SIGTERM, FAILED otherwise
             raise
-        end_tracking_run(child, "FINISHED")
     from qmlops.circuits import circuit_summary
 
     validation = classifier.validation_accuracy_curve_

@@ -757,7 +757,8 @@ def log_sweep_inputs(run: TrackedRun, configs: dict[str, dict[str, Any]], space:
         params.update(_flatten(section, values))
     params.update(_flatten("version", package_versions()))
     run.client().log_batch(
-        run.run_id, params=[Param(key, value[:6000]) for key, value in params.items()]
+        run.run_id,
+        params=[Param(key, value[:6000]) for key, value in without_secrets(params).items()],
     )
     run.client().log_text(run.run_id, space, "sweep/search_space.json")
 
