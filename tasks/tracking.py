@@ -343,6 +343,16 @@ def mark_terminated(tracking_uri: str, run_id: str, status: str, reason: str) ->
     return True
 
 
+def _config_params(configs: dict[str, dict[str, Any]], extra: dict[str, str]) -> list[Param]:
+    """Flattened configuration sections, ``extra`` and package versions, secrets dropped."""
+    params: dict[str, str] = {}
+    for section, values in configs.items():
+        params.update(_flatten(section, values))
+    params.update(extra)
+    params.update(_flatten("version", package_versions()))
+    return [Param(key, value[:6000]) for key, value in without_secrets(params).items()]
+
+
 @task(
     name="log-run-inputs",
     retries=RETRIES,
@@ -352,22 +362,19 @@ def mark_terminated(tracking_uri: str, run_id: str, status: str, reason: str) ->
 )
 def log_run_inputs(run: TrackedRun, configs: dict[str, dict[str, Any]], dataset: Dataset) -> None:
     """Log the whole configuration, the dataset identity, seeds and package versions."""
-    params: dict[str, str] = {}
-    for section, values in configs.items():
-        params.update(_flatten(section, values))
-    params.update(
+    params = _config_params(
+        configs,
         {
             "dataset.fingerprint": dataset.fingerprint,
             "dataset.source": dataset.source,
             "dataset.n_samples": str(dataset.features.shape[0]),
             "dataset.n_features": str(dataset.features.shape[1]),
             "dataset.n_classes": str(dataset.n_classes),
-        }
+        },
     )
-    params.update(_flatten("version", package_versions()))
     run.client().log_batch(
         run.run_id,
-        params=[Param(key, value[:6000]) for key, value in without_secrets(params).items()],
+        params=params,
         tags=[
             RunTag("dataset.fingerprint", dataset.fingerprint),
             RunTag("dataset.name", dataset.name),
@@ -752,14 +759,7 @@ def log_predictions(
 )
 def log_sweep_inputs(run: TrackedRun, configs: dict[str, dict[str, Any]], space: str) -> None:
     """Log a sweep's settings and package versions as params, its search space as JSON."""
-    params: dict[str, str] = {}
-    for section, values in configs.items():
-        params.update(_flatten(section, values))
-    params.update(_flatten("version", package_versions()))
-    run.client().log_batch(
-        run.run_id,
-        params=[Param(key, value[:6000]) for key, value in without_secrets(params).items()],
-    )
+    run.client().log_batch(run.run_id, params=_config_params(configs, {}))
     run.client().log_text(run.run_id, space, "sweep/search_space.json")
 
 
