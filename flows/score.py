@@ -39,8 +39,8 @@ def score(scoring: ScoringConfig) -> dict[str, Any]:
     """
     if scoring.output_path is not None:
         check_output_path(scoring.output_path)
-    model = load_registered_model(scoring.tracking_uri, scoring.model_name, scoring.model_version)
     frame = read_scoring_input(scoring.input_path)
+    model = load_registered_model(scoring.tracking_uri, scoring.model_name, scoring.model_version)
     features = check_input_columns(frame, model.input_columns)
     predictions = predict_batch(model.pyfunc, features)
 

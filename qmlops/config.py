@@ -157,7 +157,9 @@ class ScoringConfig(_Config):
     """Batch scoring: which registered model scores which file."""
 
     input_path: str = Field(
-        min_length=1, description="CSV or Parquet file with the model's feature columns."
+        min_length=1,
+        description="CSV or Parquet file with the model's feature columns, inside the data "
+        "root ($QMLOPS_DATA_ROOT, default: the working directory).",
     )
     model_name: ModelName = Field("qmlops-classifier", description="Registered model name.")
     model_version: int | None = Field(

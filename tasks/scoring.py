@@ -2,15 +2,15 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from qmlops.data import read_table
+from qmlops.data import read_table, resolve_data_path
 from qmlops.scoring import match_signature
+from tasks.data import data_root
 from tasks.policy import RETRIES, RETRY_DELAY_SECONDS, retry_if_transient
 
 
@@ -22,8 +22,12 @@ from tasks.policy import RETRIES, RETRY_DELAY_SECONDS, retry_if_transient
     cache_policy=NO_CACHE,
 )
 def read_scoring_input(path: str) -> pd.DataFrame:
-    """Read the CSV or Parquet file to score."""
-    return read_table(Path(path))
+    """Read the CSV or Parquet file to score; like training data, only from the data root.
+
+    Raises:
+        UnsafePathError: When the path leaves ``$QMLOPS_DATA_ROOT`` (default: the cwd).
+    """
+    return read_table(resolve_data_path(path, data_root()))
 
 
 @task(name="check-input-columns", retries=0, cache_policy=NO_CACHE)

@@ -105,6 +105,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             "QMLOPS_MLFLOW_STORE": str(root / "mlflow"),
             # The worker runs flows in the project folder; keep their checkpoints out of it.
             "QMLOPS_CHECKPOINT_DIR": str(root / "checkpoints"),
+            # score-batch reads its input from the tests' temporary folders.
+            "QMLOPS_DATA_ROOT": str(tmp_path_factory.getbasetemp()),
             "PREFECT_WORKER_QUERY_SECONDS": "2",
         }
     )

@@ -23,7 +23,7 @@ from qmlops.config import (
     TrainingConfig,
 )
 from qmlops.data import load_builtin
-from qmlops.errors import ModelNotFoundError, SchemaMismatchError
+from qmlops.errors import ModelNotFoundError, SchemaMismatchError, UnsafePathError
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -151,6 +151,14 @@ def test_score_without_a_champion_is_a_typed_error(mlflow_uri: str, tmp_path: Pa
     pd.DataFrame({"x0": [0.1], "x1": [1.0]}).to_csv(tmp_path / "batch.csv", index=False)
     with pytest.raises(ModelNotFoundError, match="no registered model"):
         score(ScoringConfig(input_path=str(tmp_path / "batch.csv"), model_name="nothing-here"))
+
+
+def test_score_reads_only_from_the_data_root(mlflow_uri: str, tmp_path: Path) -> None:
+    outside = tmp_path.parent / "outside.csv"
+    pd.DataFrame({"x0": [0.1], "x1": [1.0]}).to_csv(outside, index=False)
+    # Refused before any model is looked up, so the missing model never matters
+    with pytest.raises(UnsafePathError, match="outside the data root"):
+        score(ScoringConfig(input_path=str(outside), model_name="nothing-here"))
 
 
 def test_a_tampered_model_artifact_never_becomes_champion(mlflow_uri: str) -> None:
