@@ -9,17 +9,19 @@ Two engines compute the same numbers:
 * ``numpy``: an exact batched statevector engine (:mod:`qmlops.statevector`). The feature map
   and the ansatz are lowered once per circuit description. The encoded feature states
   ``|phi(x)>`` do not depend on the weights, so they are computed once per data set and reused;
-  each step then applies only the ansatz to all (weight point, sample) pairs at once. For small
-  circuits with more samples than amplitudes it builds the ansatz unitary of each weight point
-  (by running the ansatz on the identity) and applies it to all encoded states in one matrix
-  product. It matches Aer to 1e-9 and is chosen automatically for exact evaluation of circuits
-  up to :data:`NUMPY_MAX_QUBITS` qubits.
+  each step then applies only the fused ansatz (layers of one-qubit gates as dense matrices,
+  entangling layers as one gather) to all (weight point, sample) pairs, in cache-sized blocks.
+  For small circuits with more samples than amplitudes it builds the ansatz unitary of each
+  weight point (by running the ansatz on the identity) and applies it to all encoded states in
+  one matrix product. It matches Aer to 1e-9 and is chosen automatically for exact evaluation
+  of circuits up to :data:`NUMPY_MAX_QUBITS` qubits.
 
 Threads: ``simulator_threads=0`` (the default) resolves, when the evaluator is built, to the
 cores this process may use capped by the current ``threadpoolctl`` limit
 (:func:`qmlops.statevector.resolve_threads`). The numpy engine splits large batches over that
-many worker threads, its matrix products run in numpy's BLAS (which follows threadpoolctl), and
-Aer gets the count as ``max_parallel_threads``.
+many worker threads (holding BLAS at one thread meanwhile); small batches run on the calling
+thread, where its matrix products follow threadpoolctl. Aer gets the count as
+``max_parallel_threads``.
 """
 
 from __future__ import annotations
@@ -38,14 +40,18 @@ from qiskit.quantum_info import SparsePauliOp
 from qmlops.circuits import COMPLEX_BYTES, CircuitSpec
 from qmlops.errors import ConfigurationError, InputError, SimulationError
 from qmlops.statevector import (
+    FusedProgram,
     Program,
     Readout,
     UnsupportedCircuitError,
     compile_program,
     encode,
+    fuse_program,
+    group_matrices,
     parallel_map,
     resolve_threads,
-    run_program,
+    run_fused,
+    single_threaded_blas,
 )
 
 __all__ = ["BACKENDS", "CircuitEvaluator", "EvaluationCounters", "UnsupportedCircuitError"]
@@ -53,17 +59,23 @@ __all__ = ["BACKENDS", "CircuitEvaluator", "EvaluationCounters", "UnsupportedCir
 BackendName = Literal["auto", "numpy", "aer"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
 
-NUMPY_MAX_QUBITS = 12
+NUMPY_MAX_QUBITS = 18
 """Largest circuit the ``auto`` backend hands to the numpy engine.
 
-Measured per optimizer step on 2 cores (``make bench``): numpy is 8x or more faster than Aer's
-exact path at 4 and 8 qubits, level with it at 12 and 10 % slower at 16, so Aer takes over
-above 12."""
+Measured per evaluation on 2 cores (RealAmplitudes reps 3, one weight point): numpy took 1.2 ms
+against Aer's exact path 20 ms at 8 qubits (100 samples), 12 against 58 ms at 12 qubits
+(64 samples), 65 against 467 ms at 16 qubits (32 samples) and 81 against 505 ms at 18 qubits
+(8 samples). Larger circuits were not measured; Aer takes them (the engine also caches every
+sample's feature state: 4 MiB per sample at 18 qubits)."""
 
 _WORK_BYTES = 64 * 2**20
 _ENCODING_CACHE_SIZE = 4
-_PARALLEL_MIN_AMPLITUDES = 2**16
-_BLOCK_AMPLITUDES = 2**15
+_GROUP_QUBITS = 4
+"""Adjacent qubits whose one-qubit gates the numpy engine applies as one dense matrix."""
+_BLOCK_AMPLITUDES = 2**19
+"""Amplitudes per block of work: measured fastest at 12 and 16 qubits (in cache, yet large
+enough matrix products)."""
+_PARALLEL_MIN_AMPLITUDES = 2**17
 """Below this many amplitudes per call, worker threads cost more than they save."""
 _UNITARY_MAX_QUBITS = 10
 _GEMM_SPEEDUP = 8
@@ -75,12 +87,12 @@ states of the whole ``features`` array stay cached, so mini-batches reuse them."
 
 
 @functools.lru_cache(maxsize=64)
-def _programs(spec: CircuitSpec) -> tuple[Program, Program]:
-    """Feature-map and ansatz programs of a circuit, lowered once per description."""
+def _programs(spec: CircuitSpec) -> tuple[Program, FusedProgram]:
+    """Feature-map program and fused ansatz program of a circuit, built once per description."""
     feature_map, ansatz = spec.feature_map_circuit(), spec.ansatz_circuit()
     return (
         compile_program(feature_map, features=list(feature_map.parameters)),
-        compile_program(ansatz, weights=list(ansatz.parameters)),
+        fuse_program(compile_program(ansatz, weights=list(ansatz.parameters)), _GROUP_QUBITS),
     )
 
 
@@ -163,7 +175,7 @@ class CircuitEvaluator:
         self._circuit = self._feature_map.compose(self._ansatz)
         self._outcome_class = spec.class_of_outcome()
         self._encodings: OrderedDict[str, np.ndarray] = OrderedDict()
-        self._programs: tuple[Program, Program] | None = None
+        self._programs: tuple[Program, FusedProgram] | None = None
         self.backend = self._resolve_backend(backend)
         self.unitary_path = "auto"
         """``"auto"``, ``"always"`` or ``"never"``: when the numpy engine multiplies by the
@@ -265,12 +277,13 @@ class CircuitEvaluator:
         readout = Readout.of(self._outcome_class, self.spec.n_classes)
         results = []
         for features, weights, rows in requests:
-            encoded = np.ascontiguousarray(self.encode(features)[:, rows])  # (D, N)
+            encoded = self.encode(features)  # (D, N): rows selects the columns to evaluate
             out = np.empty((weights.shape[0], rows.shape[0], self.spec.n_classes))
             if self._use_unitary(rows.shape[0], weights.shape[0]):
-                self._probabilities_by_unitary(encoded, weights, readout, out)
+                columns = np.take(encoded, rows, axis=1)
+                self._probabilities_by_unitary(columns, weights, readout, out)
             else:
-                self._probabilities_by_states(encoded, weights, readout, out)
+                self._probabilities_by_states(encoded, rows, weights, readout, out)
             results.append(out)
         return results
 
@@ -278,12 +291,12 @@ class CircuitEvaluator:
         if self.unitary_path != "auto":
             return self.unitary_path == "always"
         assert self._programs is not None
-        dim, gates = 2**self.spec.n_qubits, self._programs[1].n_operations
-        # Building U costs a gate pass over `dim` columns per weight point; multiplying it into
-        # the states is one BLAS call, about _GEMM_SPEEDUP times cheaper per amplitude than a
-        # gate pass. Running the ansatz directly costs a gate pass over `n_samples` columns.
-        by_unitary = dim * (gates + n_samples / _GEMM_SPEEDUP)
-        return self.spec.n_qubits <= _UNITARY_MAX_QUBITS and by_unitary < gates * n_samples
+        dim, passes = 2**self.spec.n_qubits, self._programs[1].n_passes
+        # Building U costs the ansatz's passes over `dim` columns per weight point; multiplying
+        # it into the states is one BLAS call, about _GEMM_SPEEDUP times cheaper per amplitude
+        # than a pass. Running the ansatz directly costs its passes over `n_samples` columns.
+        by_unitary = dim * (passes + n_samples / _GEMM_SPEEDUP)
+        return self.spec.n_qubits <= _UNITARY_MAX_QUBITS and by_unitary < passes * n_samples
 
     def _probabilities_by_unitary(
         self, encoded: np.ndarray, weights: np.ndarray, readout: Readout, out: np.ndarray
@@ -298,40 +311,57 @@ class CircuitEvaluator:
         chunk = max(1, _WORK_BYTES // (COMPLEX_BYTES * dim * max(dim, n_samples)))
         for p0 in range(0, n_points, chunk):
             w = weights[p0 : p0 + chunk]
-            unitary = np.broadcast_to(np.eye(dim, dtype=dtype), (w.shape[0], dim, dim)).copy()
-            run_program(ansatz, unitary, w)
+            identity = np.broadcast_to(np.eye(dim, dtype=dtype), (w.shape[0], dim, dim)).copy()
+            unitary = run_fused(ansatz, identity, w)
             amplitudes = np.matmul(unitary, states)
             if ansatz.is_real:
                 amplitudes = amplitudes.view(np.complex128)
             out[p0 : p0 + w.shape[0]] = readout(amplitudes)
 
     def _probabilities_by_states(
-        self, encoded: np.ndarray, weights: np.ndarray, readout: Readout, out: np.ndarray
+        self,
+        encoded: np.ndarray,
+        rows: np.ndarray,
+        weights: np.ndarray,
+        readout: Readout,
+        out: np.ndarray,
     ) -> None:
         """Run the ansatz on every (weight point, sample) pair, in blocks over worker threads."""
         assert self._programs is not None
         ansatz = self._programs[1]
-        (dim, n_samples), n_points = encoded.shape, weights.shape[0]
-        # Blocks small enough to stay in cache across all the gate passes of the ansatz.
-        work = max(1, _BLOCK_AMPLITUDES // dim)  # (point, sample) columns per block
-        points_chunk = max(1, min(n_points, work // n_samples))
-        samples_chunk = max(1, min(n_samples, work // points_chunk))
-        threads = self.threads if n_points * n_samples * dim >= _PARALLEL_MIN_AMPLITUDES else 1
+        dim, n_samples, n_points = encoded.shape[0], rows.shape[0], weights.shape[0]
+        total = n_points * n_samples * dim
+        threads = self.threads if total >= _PARALLEL_MIN_AMPLITUDES else 1
+        n_blocks = max(threads, -(-total // _BLOCK_AMPLITUDES))
+        # Split the weight points first; split the samples only when there are too few points.
+        points_chunk = -(-n_points // min(n_blocks, n_points))
+        samples_chunk = -(-n_samples // min(n_samples, -(-n_blocks // n_points)))
         blocks = [
             (p0, s0)
             for p0 in range(0, n_points, points_chunk)
             for s0 in range(0, n_samples, samples_chunk)
         ]
 
+        matrices = group_matrices(ansatz, weights)
+
         def run_block(block: tuple[int, int]) -> None:
             p0, s0 = block
-            w = weights[p0 : p0 + points_chunk]
-            columns = encoded[:, s0 : s0 + samples_chunk]
-            states = np.broadcast_to(columns, (w.shape[0],) + columns.shape).copy()
-            run_program(ansatz, states.view(np.float64) if ansatz.is_real else states, w)
-            out[p0 : p0 + w.shape[0], s0 : s0 + columns.shape[1]] = readout(states)
+            points = slice(p0, p0 + points_chunk)
+            states = np.take(encoded, rows[s0 : s0 + samples_chunk], axis=1)[None]  # (1, D, L)
+            result = run_fused(
+                ansatz,
+                states.view(np.float64) if ansatz.is_real else states,
+                matrices=[m[points] if m.shape[0] > 1 else m for m in matrices],
+            )
+            if ansatz.is_real:
+                result = result.view(np.complex128)
+            out[points, s0 : s0 + states.shape[2]] = readout(result)
 
-        parallel_map(run_block, blocks, threads)
+        if threads > 1 and len(blocks) > 1:
+            with single_threaded_blas():
+                parallel_map(run_block, blocks, threads)
+        else:
+            parallel_map(run_block, blocks, 1)
 
     # -- Aer primitives -----------------------------------------------------------------
 
