@@ -254,10 +254,12 @@ def _main_sweep(args: argparse.Namespace) -> int:
     except (InputError, ValidationError) as error:
         print(f"qmlops: invalid sweep:\n{error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from flows.foreground import foreground_run
     from flows.sweep import sweep
 
     try:
-        result = sweep(**params)
+        with foreground_run():
+            result = sweep(**params)
     except InputError as error:
         print(f"qmlops: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
@@ -379,13 +381,15 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:
         print(f"qmlops: invalid options:\n{error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    from flows.foreground import foreground_run
     from flows.score import score
     from flows.train import train
     from qmlops.errors import InputError
     from tasks.tracking import TrackingUnavailableError
 
     try:
-        result = score(**params) if scoring else train(**params, force=args.force)
+        with foreground_run():
+            result = score(**params) if scoring else train(**params, force=args.force)
     except InputError as error:
         print(f"qmlops: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT

@@ -106,7 +106,7 @@ def write_results(section: str) -> None:
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--repeats", type=int, default=1, help="runs per mode (median kept)")
+    parser.add_argument("--repeats", type=int, default=3, help="runs per mode (median kept)")
     parser.add_argument("--maxiter", type=int, default=100, help="Adam steps per configuration")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     args = parser.parse_args()
