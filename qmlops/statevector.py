@@ -574,18 +574,8 @@ def fuse_program(program: Program, group_qubits: int = 4) -> FusedProgram:
     return FusedProgram(n_qubits=n, stages=tuple(stages), is_real=program.is_real)
 
 
-def _gate_matrix(operation: Operation, weights: np.ndarray | None) -> np.ndarray:
-    """The 2x2 matrix of a one-qubit gate: ``(M, 2, 2)`` for a weight rotation, else ``(2, 2)``."""
-    if operation.kind == "weight":
-        assert weights is not None
-        angles = weights[:, operation.index]
-        identity, zero = np.ones_like(angles), np.zeros_like(angles)
-        entries = _rotation_entries(operation.rotation, angles)
-        m00, m01, m10, m11 = (
-            (identity if k in (0, 3) else zero) if entry is None else entry
-            for k, entry in enumerate(entries)
-        )
-        return np.stack([np.stack([m00, m01], -1), np.stack([m10, m11], -1)], -2)
+def _fixed_gate_matrix(operation: Operation) -> np.ndarray:
+    """The 2x2 matrix of a fixed one-qubit gate."""
     assert operation.matrix is not None
     if operation.kind == "diagonal":
         return np.diag(operation.matrix)
@@ -594,23 +584,77 @@ def _gate_matrix(operation: Operation, weights: np.ndarray | None) -> np.ndarray
     return operation.matrix
 
 
-def _group_matrix(
-    stage: LocalStage, first: int, count: int, weights: np.ndarray | None, real: bool
+def _rotation_matrices(
+    operations: Sequence[Operation], weights: np.ndarray, dtype: type
 ) -> np.ndarray:
-    """Kronecker product ``(M or 1, 2**count, 2**count)`` of a group's per-qubit matrices."""
+    """The 2x2 matrices ``(M, K, 2, 2)`` of K weight rotations at every weight point."""
+    angles = weights[:, [operation.index for operation in operations]]
+    half = angles / 2.0
+    matrices: np.ndarray = np.zeros(angles.shape + (2, 2), dtype=dtype)
+    for rotation in {operation.rotation for operation in operations}:
+        columns = [k for k, operation in enumerate(operations) if operation.rotation == rotation]
+        h = half[:, columns]
+        block = matrices[:, columns]
+        if rotation == "ry":
+            cos, sin = np.cos(h), np.sin(h)
+            block[..., 0, 0], block[..., 0, 1], block[..., 1, 0], block[..., 1, 1] = (
+                cos,
+                -sin,
+                sin,
+                cos,
+            )
+        elif rotation == "rx":
+            cos, sin = np.cos(h), -1j * np.sin(h)
+            block[..., 0, 0], block[..., 0, 1], block[..., 1, 0], block[..., 1, 1] = (
+                cos,
+                sin,
+                sin,
+                cos,
+            )
+        elif rotation == "rz":
+            block[..., 0, 0], block[..., 1, 1] = np.exp(-1j * h), np.exp(1j * h)
+        else:  # p
+            block[..., 0, 0], block[..., 1, 1] = 1.0, np.exp(2j * h)
+        matrices[:, columns] = block
+    return matrices
+
+
+def _kronecker(factors: Sequence[np.ndarray]) -> np.ndarray:
+    """Batched Kronecker product of ``(M or 1, 2, 2)`` factors, the first one leftmost."""
+    rows, columns = "abcdefgh"[: len(factors)], "ABCDEFGH"[: len(factors)]
+    inputs = ",".join(f"...{r}{c}" for r, c in zip(rows, columns, strict=True))
+    product = np.einsum(f"{inputs}->...{rows}{columns}", *factors)
+    size = 2 ** len(factors)
+    return product.reshape(product.shape[0], size, size)
+
+
+def _stage_matrices(stage: LocalStage, weights: np.ndarray | None, real: bool) -> list[np.ndarray]:
+    """The dense matrix of each group of a :class:`LocalStage`."""
     dtype = np.float64 if real else np.complex128
-    per_qubit = dict(stage.operations)
-    group: np.ndarray = np.ones((1, 1, 1), dtype=dtype)
-    for qubit in range(first, first + count):
-        matrix: np.ndarray = np.eye(2, dtype=dtype)[None]
-        for operation in per_qubit.get(qubit, ()):
-            gate = _gate_matrix(operation, weights)
-            product = np.matmul(gate if gate.ndim == 3 else gate[None], matrix)
-            matrix = product.real if real else product
-        size, points = group.shape[-1], max(matrix.shape[0], group.shape[0])
-        # Qubit q is bit q of the basis index, so the higher qubit is the left Kronecker factor.
-        group = np.einsum("mij,mkl->mikjl", matrix, group).reshape(points, 2 * size, 2 * size)
-    return group
+    rotations = [op for _, ops in stage.operations for op in ops if op.kind == "weight"]
+    if rotations:
+        assert weights is not None
+        rotation_matrices = _rotation_matrices(rotations, weights, dtype)
+    used = 0
+    per_qubit: dict[int, np.ndarray] = {}
+    for qubit, operations in stage.operations:
+        matrix: np.ndarray | None = None
+        for operation in operations:
+            if operation.kind == "weight":
+                gate = rotation_matrices[:, used]
+                used += 1
+            else:
+                fixed = _fixed_gate_matrix(operation)
+                gate = (fixed.real if real else fixed).astype(dtype)[None]
+            matrix = gate if matrix is None else np.matmul(gate, matrix)
+        assert matrix is not None
+        per_qubit[qubit] = matrix
+    identity = np.eye(2, dtype=dtype)[None]
+    # Qubit q is bit q of the basis index, so the highest qubit is the leftmost factor.
+    return [
+        _kronecker([per_qubit.get(q, identity) for q in reversed(range(first, first + count))])
+        for first, count in stage.groups
+    ]
 
 
 def group_matrices(fused: FusedProgram, weights: np.ndarray | None) -> list[np.ndarray]:
@@ -625,10 +669,10 @@ def group_matrices(fused: FusedProgram, weights: np.ndarray | None) -> list[np.n
         group of every :class:`LocalStage`.
     """
     return [
-        _group_matrix(stage, first, count, weights, fused.is_real)
+        matrix
         for stage in fused.stages
         if isinstance(stage, LocalStage)
-        for first, count in stage.groups
+        for matrix in _stage_matrices(stage, weights, fused.is_real)
     ]
 
 
