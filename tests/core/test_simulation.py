@@ -235,8 +235,11 @@ def test_unitary_and_per_sample_paths_agree_with_aer(
         assert np.max(np.abs(got - expected[:, ::-1])) < 1e-9, path
 
 
-def test_worker_threads_give_the_same_numbers() -> None:
-    # 10 qubits x 64 samples is over the size at which the engine splits work over threads.
+def test_worker_threads_give_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -> None:
+    import qmlops.simulation as simulation
+
+    # Split even this small batch over the worker threads.
+    monkeypatch.setattr(simulation, "_PARALLEL_MIN_AMPLITUDES", 1)
     spec = CircuitSpec(n_qubits=10, n_classes=2, feature_map="zz", ansatz_reps=1)
     X, W = random_inputs(spec, n_samples=64, n_points=2, seed=2)
     single = CircuitEvaluator(spec, backend="numpy", simulator_threads=1)
