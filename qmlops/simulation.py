@@ -180,6 +180,7 @@ class CircuitEvaluator:
         self._outcome_class = spec.class_of_outcome()
         self._encodings: OrderedDict[str, np.ndarray] = OrderedDict()
         self._workspaces = threading.local()  # one numpy-engine Workspace per thread
+        self._readout: Readout | None = None
         self._programs: tuple[Program, FusedProgram] | None = None
         self.backend = self._resolve_backend(backend)
         self.unitary_path = "auto"
@@ -289,7 +290,9 @@ class CircuitEvaluator:
         self, requests: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
     ) -> list[np.ndarray]:
         assert self._programs is not None
-        readout = Readout.of(self._outcome_class, self.spec.n_classes)
+        if self._readout is None:
+            self._readout = Readout.of(self._outcome_class, self.spec.n_classes)
+        readout = self._readout
         results = []
         for features, weights, rows in requests:
             encoded = self.encode(features)  # (D, N): rows selects the columns to evaluate
@@ -326,8 +329,8 @@ class CircuitEvaluator:
         chunk = max(1, _WORK_BYTES // (COMPLEX_BYTES * dim * max(dim, n_samples)))
         for p0 in range(0, n_points, chunk):
             w = weights[p0 : p0 + chunk]
-            identity = np.broadcast_to(np.eye(dim, dtype=dtype), (w.shape[0], dim, dim)).copy()
-            unitary = run_fused(ansatz, identity, w)
+            # One identity shared by all points: the first matrix product broadcasts it.
+            unitary = run_fused(ansatz, np.eye(dim, dtype=dtype)[None], w)
             amplitudes = np.matmul(unitary, states)
             if ansatz.is_real:
                 amplitudes = amplitudes.view(np.complex128)

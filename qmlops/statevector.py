@@ -148,11 +148,6 @@ class Program:
         """Whether every operation is real, so the program may run on float64 views."""
         return all(op.is_real for op in self.operations)
 
-    @property
-    def n_operations(self) -> int:
-        """Gate count (a cost estimate)."""
-        return len(self.operations)
-
     def feature_angles(self, features: np.ndarray) -> np.ndarray:
         """Evaluate the feature expressions on every sample: ``(n_expressions, N)``."""
         angles = np.empty((len(self.expressions), features.shape[0]))
