@@ -279,7 +279,7 @@ class CircuitEvaluator:
         if cached is not None:
             self._encodings.move_to_end(key)
             return cached
-        states = encode(self._programs[0], features)
+        states = encode(self._programs[0], features, _BLOCK_AMPLITUDES)
         self._encodings[key] = states
         while len(self._encodings) > _ENCODING_CACHE_SIZE:
             self._encodings.popitem(last=False)

@@ -460,7 +460,7 @@ class DiagonalStage:
     diagonal: np.ndarray
 
 
-Stage = LocalStage | PermutationStage | DiagonalStage | Operation
+Stage = LocalStage | PermutationStage | DiagonalStage
 
 
 @dataclass(frozen=True)
@@ -470,9 +470,9 @@ class FusedProgram:
     A run of one-qubit gates becomes a :class:`LocalStage` (per weight point, the gates of each
     qubit multiply into one 2x2 matrix and the matrices of up to ``group_qubits`` adjacent qubits
     into one Kronecker product, applied with one matrix product); a run of ``cx``/``swap``-like
-    gates becomes one gather and a run of ``cz``-like gates one multiplication. Other two-qubit
-    gates stay single operations. The stages apply the same unitary as the gates in order,
-    because only adjacent gates in the circuit's order are merged.
+    gates becomes one gather and a run of ``cz``-like gates one multiplication. The stages
+    apply the same unitary as the gates in order, because only adjacent gates in the circuit's
+    order are merged.
     """
 
     n_qubits: int
@@ -564,7 +564,8 @@ def fuse_program(program: Program, group_qubits: int = 4) -> FusedProgram:
             else:
                 stages.append(DiagonalStage(diagonal))
         else:
-            stages.append(operation)
+            # Lowering to NUMPY_BASIS leaves only cx/swap (permutations) and cz (diagonal).
+            raise UnsupportedCircuitError(f"cannot fuse the two-qubit gate on {operation.qubits}")
     close_local()
     return FusedProgram(n_qubits=n, stages=tuple(stages), is_real=program.is_real)
 
@@ -584,32 +585,14 @@ def _rotation_matrices(
 ) -> np.ndarray:
     """The 2x2 matrices ``(M, K, 2, 2)`` of K weight rotations at every weight point."""
     angles = weights[:, [operation.index for operation in operations]]
-    half = angles / 2.0
     matrices: np.ndarray = np.zeros(angles.shape + (2, 2), dtype=dtype)
     for rotation in {operation.rotation for operation in operations}:
         columns = [k for k, operation in enumerate(operations) if operation.rotation == rotation]
-        h = half[:, columns]
         block = matrices[:, columns]
-        if rotation == "ry":
-            cos, sin = np.cos(h), np.sin(h)
-            block[..., 0, 0], block[..., 0, 1], block[..., 1, 0], block[..., 1, 1] = (
-                cos,
-                -sin,
-                sin,
-                cos,
-            )
-        elif rotation == "rx":
-            cos, sin = np.cos(h), -1j * np.sin(h)
-            block[..., 0, 0], block[..., 0, 1], block[..., 1, 0], block[..., 1, 1] = (
-                cos,
-                sin,
-                sin,
-                cos,
-            )
-        elif rotation == "rz":
-            block[..., 0, 0], block[..., 1, 1] = np.exp(-1j * h), np.exp(1j * h)
-        else:  # p
-            block[..., 0, 0], block[..., 1, 1] = 1.0, np.exp(2j * h)
+        entries = _rotation_entries(rotation, angles[:, columns])
+        for (row, column), entry in zip(((0, 0), (0, 1), (1, 0), (1, 1)), entries, strict=True):
+            # None marks an off-diagonal zero, or p's fixed 1 in the top-left corner.
+            block[..., row, column] = (1.0 if row == column else 0.0) if entry is None else entry
         matrices[:, columns] = block
     return matrices
 
@@ -749,12 +732,8 @@ def run_fused(
         elif isinstance(stage, PermutationStage):
             # mode="clip": valid indices either way, and numpy then writes `out` directly.
             psi = np.take(psi, stage.source, axis=1, out=output(psi.shape), mode="clip")
-        elif isinstance(stage, DiagonalStage):
-            psi *= (stage.diagonal.real if fused.is_real else stage.diagonal)[None, :, None]
-        elif stage.kind == "permutation":
-            _apply_permutation(psi, stage)
         else:
-            _apply_two_qubit(psi, stage)
+            psi *= (stage.diagonal.real if fused.is_real else stage.diagonal)[None, :, None]
     if psi.shape[0] != m_points:
         psi = np.broadcast_to(psi, (m_points, dim, columns)).copy()
     return psi
