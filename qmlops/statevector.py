@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import math
 import os
 import threading
 from collections.abc import Callable, Iterator, Sequence
@@ -414,9 +415,16 @@ class Readout:
         return cls(onehot=np.eye(n_classes)[outcome_class].T.copy())
 
     def __call__(self, amplitudes: np.ndarray) -> np.ndarray:
-        """Class probabilities ``(M, L, K)`` of complex states ``(M, 2**n, L)``."""
-        probabilities = amplitudes.real**2 + amplitudes.imag**2
-        return np.ascontiguousarray(np.matmul(self.onehot, probabilities).transpose(0, 2, 1))
+        """Class probabilities ``(M, L, K)`` of complex states ``(M, 2**n, L)``.
+
+        Consumes ``amplitudes``: they are squared in place (no temporaries of their size).
+        """
+        n_points, _, n_samples = amplitudes.shape
+        parts = np.ascontiguousarray(amplitudes).view(np.float64)  # (M, 2**n, 2L): re, im
+        np.square(parts, out=parts)
+        per_part = np.matmul(self.onehot, parts)  # (M, K, 2L)
+        probabilities = per_part.reshape(n_points, -1, n_samples, 2).sum(axis=-1)
+        return np.ascontiguousarray(probabilities.transpose(0, 2, 1))
 
 
 def parallel_map(function: Callable[[Any], None], items: Sequence[Any], threads: int) -> None:
@@ -599,11 +607,14 @@ def _rotation_matrices(
 
 def _kronecker(factors: Sequence[np.ndarray]) -> np.ndarray:
     """Batched Kronecker product of ``(M or 1, 2, 2)`` factors, the first one leftmost."""
-    rows, columns = "abcdefgh"[: len(factors)], "ABCDEFGH"[: len(factors)]
-    inputs = ",".join(f"...{r}{c}" for r, c in zip(rows, columns, strict=True))
-    product = np.einsum(f"{inputs}->...{rows}{columns}", *factors)
-    size = 2 ** len(factors)
-    return product.reshape(product.shape[0], size, size)
+    # Pairwise broadcasting products: twice as fast as one many-operand einsum at 4 factors.
+    product = factors[0]
+    for factor in factors[1:]:
+        rows, columns = product.shape[-2:]
+        product = (product[:, :, None, :, None] * factor[:, None, :, None, :]).reshape(
+            -1, 2 * rows, 2 * columns
+        )
+    return product
 
 
 def _stage_matrices(stage: LocalStage, weights: np.ndarray | None, real: bool) -> list[np.ndarray]:
@@ -677,7 +688,7 @@ class Workspace:
         Returns:
             The array; its contents are undefined.
         """
-        size = int(np.prod(shape)) * np.dtype(dtype).itemsize
+        size = math.prod(shape) * dtype.itemsize
         for _ in range(2):
             self._turn ^= 1
             buffer = self._buffers[self._turn]
