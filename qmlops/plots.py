@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import functools
+import io
 from collections.abc import Sequence
 
 import matplotlib
@@ -10,6 +12,10 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from qiskit import QuantumCircuit  # noqa: E402
+
+from qmlops.circuits import CircuitSpec  # noqa: E402
+
+PNG_DPI = 110
 
 
 def training_curves_figure(
@@ -56,6 +62,35 @@ def circuit_figure(circuit: QuantumCircuit) -> Figure:
     figure = circuit.draw(output="mpl", fold=40)
     assert isinstance(figure, Figure)
     return figure
+
+
+def png(figure: Figure, tight: bool = False) -> bytes:
+    """Render a figure as PNG and release it.
+
+    Args:
+        figure: The figure (closed afterwards).
+        tight: Crop to the drawn content (one more layout pass; figures made here already
+            lay themselves out, the circuit drawer's do not).
+
+    Returns:
+        The PNG bytes.
+    """
+    buffer = io.BytesIO()
+    try:
+        figure.savefig(buffer, format="png", dpi=PNG_DPI, bbox_inches="tight" if tight else None)
+    finally:
+        close(figure)
+    return buffer.getvalue()
+
+
+@functools.lru_cache(maxsize=32)
+def circuit_png(spec: CircuitSpec) -> bytes:
+    """The circuit diagram of a circuit description as PNG, drawn once per description.
+
+    Drawing took about 0.4 s here, the costliest figure of a run; a sweep logs the same
+    circuit in every run that varies only seeds or training settings.
+    """
+    return png(circuit_figure(spec.circuit()), tight=True)
 
 
 def close(figure: Figure) -> None:

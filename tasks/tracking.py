@@ -395,11 +395,10 @@ def _timestamp(run: TrackedRun) -> int:
     return run.started_ms or int(time.time() * 1000)
 
 
-def _save_figure(client: MlflowClient, run_id: str, figure: Any, name: str) -> None:
+def _log_png(client: MlflowClient, run_id: str, image: bytes, name: str) -> None:
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / name
-        figure.savefig(path, dpi=110, bbox_inches="tight")
-        plots.close(figure)
+        path.write_bytes(image)
         client.log_artifact(run_id, str(path), artifact_path="plots")
 
 
@@ -434,19 +433,13 @@ def log_training(run: TrackedRun, classifier: QuantumClassifier) -> None:
     _log_metrics(run, metrics)
     client = run.client()
     client.set_tag(run.run_id, "simulation_backend", classifier.backend_)
-    _save_figure(
-        client,
-        run.run_id,
-        plots.training_curves_figure(
-            classifier.loss_curve_,
-            classifier.train_accuracy_curve_,
-            classifier.validation_accuracy_curve_,
-        ),
-        "training_curves.png",
+    curves_figure = plots.training_curves_figure(
+        classifier.loss_curve_,
+        classifier.train_accuracy_curve_,
+        classifier.validation_accuracy_curve_,
     )
-    _save_figure(
-        client, run.run_id, plots.circuit_figure(classifier.spec_.circuit()), "circuit.png"
-    )
+    _log_png(client, run.run_id, plots.png(curves_figure), "training_curves.png")
+    _log_png(client, run.run_id, plots.circuit_png(classifier.spec_), "circuit.png")
     with tempfile.TemporaryDirectory() as folder:
         path = Path(folder) / "circuit.qpy"
         with path.open("wb") as handle:
@@ -479,12 +472,8 @@ def log_evaluation(run: TrackedRun, evaluations: dict[str, dict[str, Any]]) -> N
     _log_metrics(run, metrics)
     client = run.client()
     quantum = evaluations["quantum"]
-    _save_figure(
-        client,
-        run.run_id,
-        plots.confusion_matrix_figure(quantum["confusion_matrix"], quantum["labels"]),
-        "confusion_matrix.png",
-    )
+    matrix_figure = plots.confusion_matrix_figure(quantum["confusion_matrix"], quantum["labels"])
+    _log_png(client, run.run_id, plots.png(matrix_figure), "confusion_matrix.png")
     report = {
         name: {key: value for key, value in evaluation.items() if key != "predictions"}
         for name, evaluation in evaluations.items()
@@ -802,7 +791,8 @@ def log_sweep_comparison(
         "loss_curves.png": sweep_report.loss_curves_figure(outcomes),
     }
     for name, figure in figures.items():
-        _save_figure(client, run.run_id, figure, name)
+        # Point labels may reach past the axes: crop to everything drawn.
+        _log_png(client, run.run_id, plots.png(figure, tight=True), name)
     now = int(time.time() * 1000)
     metrics = [
         Metric("configurations_completed", float(sum(r["status"] == "completed" for r in rows)),

@@ -287,3 +287,29 @@ def test_core_imports_neither_prefect_nor_mlflow() -> None:
         [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
+
+
+# -- figures ----------------------------------------------------------------------------
+
+
+def test_circuit_diagram_is_drawn_once_per_circuit_description() -> None:
+    from qmlops import plots
+    from qmlops.circuits import CircuitSpec
+
+    spec = CircuitSpec(n_qubits=2, n_classes=2, ansatz_reps=1)
+    first = plots.circuit_png(spec)
+    assert first.startswith(b"\x89PNG\r\n\x1a\n")
+    assert plots.circuit_png(CircuitSpec(n_qubits=2, n_classes=2, ansatz_reps=1)) is first
+    other = plots.circuit_png(CircuitSpec(n_qubits=2, n_classes=2, ansatz_reps=2))
+    assert other != first
+
+
+def test_png_renders_and_releases_the_figure() -> None:
+    import matplotlib.pyplot as plt
+
+    from qmlops import plots
+
+    figure = plots.training_curves_figure([1.0, 0.5], [0.5, 0.75], [0.5, 0.7])
+    image = plots.png(figure)
+    assert image.startswith(b"\x89PNG\r\n\x1a\n")
+    assert not plt.fignum_exists(figure.number)
