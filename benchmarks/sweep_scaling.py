@@ -15,7 +15,11 @@ the median is reported; the test metrics of every configuration must agree betwe
 (same seeds, same numbers). The figures go to ``benchmarks/RESULTS.md`` between the
 ``sweep_scaling`` markers; the rest of that file is kept.
 
-Usage: ``.venv/bin/python benchmarks/sweep_scaling.py [--repeats N] [--maxiter N]``
+Two workloads: ``small`` (short trainings: per-configuration logging weighs as much as the
+trainings) and ``long`` (the trainings take most of a sequential run).
+
+Usage: ``.venv/bin/python benchmarks/sweep_scaling.py [--workload small|long|both]
+[--repeats N] [--maxiter N]``
 """
 
 from __future__ import annotations
@@ -33,11 +37,25 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 BEGIN, END = "<!-- sweep_scaling:begin -->", "<!-- sweep_scaling:end -->"
+MODES = ("sequential", "threads", "ray")
 METRICS = ("test_accuracy", "test_balanced_accuracy", "test_f1_macro", "test_roc_auc")
 
 
-def space_document(maxiter: int) -> dict:
-    """8 configurations: 2 ansätze x 2 depths x 2 seeds, breast_cancer on 6 qubits."""
+def space_document(maxiter: int, workload: str = "small") -> dict:
+    """The 8 configurations of a workload (breast_cancer).
+
+    ``small``: 2 ansätze x 2 depths x 2 seeds on 6 qubits. ``long``: RealAmplitudes on 8
+    qubits, 2 depths x 2 learning rates x 2 seeds.
+    """
+    if workload == "long":
+        return {
+            "dataset": "breast_cancer",
+            "qubits": 8,
+            "ansatz": "real_amplitudes",
+            "maxiter": maxiter,
+            "grid": {"reps": [2, 3], "learning_rate": [0.05, 0.1], "seed": [1, 2]},
+            "split_seed": 42,
+        }
     return {
         "dataset": "breast_cancer",
         "qubits": 6,
@@ -51,7 +69,9 @@ def space_document(maxiter: int) -> dict:
     }
 
 
-def run_mode(mode: str, cores: int, maxiter: int, store: Path) -> tuple[float, list[dict]]:
+def run_mode(
+    mode: str, cores: int, maxiter: int, store: Path, workload: str = "small"
+) -> tuple[float, list[dict]]:
     import tempfile
 
     from flows.sweep import sweep
@@ -72,7 +92,9 @@ def run_mode(mode: str, cores: int, maxiter: int, store: Path) -> tuple[float, l
     os.environ["QMLOPS_CHECKPOINT_DIR"] = tempfile.mkdtemp(prefix="checkpoints-", dir=store)
     started = time.perf_counter()
     result = sweep(
-        space=parse_space(space_document(maxiter)), execution=execution, tracking=tracking
+        space=parse_space(space_document(maxiter, workload)),
+        execution=execution,
+        tracking=tracking,
     )
     return time.perf_counter() - started, result["rows"]
 
@@ -104,10 +126,73 @@ def write_results(section: str) -> None:
     RESULTS.write_text(text)
 
 
+WORKLOADS = {
+    # name: (description, default Adam steps)
+    "small": ("breast_cancer, 6 qubits, 2 ansätze x 2 depths x 2 seeds", 100),
+    "long": ("breast_cancer, 8 qubits, RealAmplitudes, 2 depths x 2 learning rates x 2 seeds", 500),
+}
+# Pause before each timed sweep: a flow run created just after another ended can meet
+# "database is locked" on Prefect's SQLite server and wait about 2 s for the client's retry
+# (PrefectHQ/prefect#18934); every mode starts settled.
+SETTLE_SECONDS = 1.0
+
+
+def measure(
+    workload: str, maxiter: int, repeats: int, cores: int, folder: Path
+) -> tuple[dict[str, list[float]], dict[str, list[dict]]]:
+    """Wall times per mode (modes alternate within each repeat) and the last rows per mode."""
+    times: dict[str, list[float]] = {mode: [] for mode in MODES}
+    rows_by_mode: dict[str, list[dict]] = {}
+    for repeat in range(repeats):
+        for mode in MODES:
+            time.sleep(SETTLE_SECONDS)
+            seconds, rows = run_mode(mode, cores, maxiter, folder, workload)
+            times[mode].append(seconds)
+            rows_by_mode[mode] = rows
+            print(f"{workload} [{repeat + 1}/{repeats}] {mode}: {seconds:.1f} s", flush=True)
+    return times, rows_by_mode
+
+
+def workload_section(
+    workload: str,
+    maxiter: int,
+    cores: int,
+    times: dict[str, list[float]],
+    rows_by_mode: dict[str, list[dict]],
+) -> tuple[list[str], list[str]]:
+    """Table lines of one workload, and the problems found comparing the modes' metrics."""
+    problems = check_identical(rows_by_mode)
+    median = {mode: statistics.median(values) for mode, values in times.items()}
+    training = sum(row["training_time_s"] or 0.0 for row in rows_by_mode["sequential"])
+    lines = [
+        f"### {workload}: {WORKLOADS[workload][0]}, Adam {maxiter} steps",
+        "",
+        "| mode | max parallel | wall time s, median (min–max) | speed-up over sequential |",
+        "| --- | --- | --- | --- |",
+    ]
+    for mode in MODES:
+        parallel = 1 if mode == "sequential" else cores
+        lines.append(
+            f"| {mode} | {parallel} | {median[mode]:.1f} ({min(times[mode]):.1f}–"
+            f"{max(times[mode]):.1f}) | {median['sequential'] / median[mode]:.2f}x |"
+        )
+    lines += [
+        "",
+        f"Sum of the 8 `fit` times in the last sequential run: {training:.1f} s. Test metrics "
+        "identical across the three modes: "
+        + ("yes." if not problems else "NO: " + "; ".join(problems[:5])),
+        "",
+    ]
+    return lines, problems
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="runs per mode (median kept)")
-    parser.add_argument("--maxiter", type=int, default=100, help="Adam steps per configuration")
+    parser.add_argument(
+        "--maxiter", type=int, default=None, help="Adam steps (default: the workload's)"
+    )
+    parser.add_argument("--workload", choices=(*WORKLOADS, "both"), default="both")
     parser.add_argument("--no-write", action="store_true", help="print, do not touch RESULTS.md")
     args = parser.parse_args()
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
@@ -118,57 +203,44 @@ def main() -> int:
     cores = available_cores()
     import services
 
-    modes = ("sequential", "threads", "ray")
-    times: dict[str, list[float]] = {mode: [] for mode in modes}
-    rows_by_mode: dict[str, list[dict]] = {}
+    workloads = list(WORKLOADS) if args.workload == "both" else [args.workload]
+    sections: list[str] = []
+    all_problems: list[str] = []
     with tempfile.TemporaryDirectory() as folder, services.prefect_server(Path(folder)) as server:
         port = int(server.url.rsplit(":", 1)[1].split("/")[0])
         os.environ.update(services.prefect_server_env(Path(folder) / "client-home", port))
+        # Untimed warm-up: first imports and the first flow run's one-off costs.
+        run_mode("sequential", cores, 2, Path(folder), "small")
         load_before = os.getloadavg()
-        for repeat in range(args.repeats):
-            for mode in modes:
-                seconds, rows = run_mode(mode, cores, args.maxiter, Path(folder))
-                times[mode].append(seconds)
-                rows_by_mode[mode] = rows
-                print(f"[{repeat + 1}/{args.repeats}] {mode}: {seconds:.1f} s", flush=True)
+        for workload in workloads:
+            maxiter = args.maxiter or WORKLOADS[workload][1]
+            times, rows_by_mode = measure(workload, maxiter, args.repeats, cores, Path(folder))
+            lines, problems = workload_section(workload, maxiter, cores, times, rows_by_mode)
+            sections += lines
+            all_problems += problems
         load_after = os.getloadavg()
         from prefect.logging.handlers import APILogHandler
 
         APILogHandler().flush()  # ship the run logs before the server stops
-    problems = check_identical(rows_by_mode)
-    median = {mode: statistics.median(values) for mode, values in times.items()}
-    training = sum(row["training_time_s"] or 0.0 for row in rows_by_mode["sequential"])
-    lines = [
+    header = [
         "## Sweep scaling (`benchmarks/sweep_scaling.py`)",
         "",
-        f"8 configurations (breast_cancer, 6 qubits, Adam {args.maxiter} steps; 2 ansätze x "
-        "2 depths x 2 seeds), whole `sweep` flow runs against a local Prefect server, MLflow "
-        f"SQLite store. {cores} cores, Python {platform.python_version()}, "
-        f"{args.repeats} run(s) per mode, median wall time; load average "
-        f"{load_before[0]:.1f} before, {load_after[0]:.1f} after "
-        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}).",
-        "",
-        "| mode | max parallel | wall time (s) | speed-up over sequential |",
-        "| --- | --- | --- | --- |",
-    ]
-    for mode in modes:
-        parallel = 1 if mode == "sequential" else cores
-        lines.append(
-            f"| {mode} | {parallel} | {median[mode]:.1f} | "
-            f"{median['sequential'] / median[mode]:.2f}x |"
-        )
-    lines += [
-        "",
-        f"Sum of the 8 `fit` times (sequential run): {training:.1f} s. The Ray time includes "
-        "starting the local Ray and its workers. Test metrics identical across the three modes: "
-        + ("yes." if not problems else "NO: " + "; ".join(problems[:5])),
+        "8 configurations per workload, whole `sweep` flow runs against a local Prefect server, "
+        f"MLflow SQLite store. {cores} cores, Python {platform.python_version()}, "
+        f"{args.repeats} run(s) per mode, modes alternating, median wall time; each run starts "
+        f"{SETTLE_SECONDS:.0f} s after the previous one, after one untimed warm-up sweep; load "
+        f"average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
+        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}). `sequential`: one "
+        "configuration at a time, each free to use every core; `threads`: the thread runner, "
+        f"{cores} at once, one core each; `ray`: a local Ray started by the flow (its start "
+        "and its workers' imports included).",
         "",
     ]
-    section = "\n".join(lines)
+    section = "\n".join(header + sections)
     print(section)
     if not args.no_write:
         write_results(section)
-    return 1 if problems else 0
+    return 1 if all_problems else 0
 
 
 if __name__ == "__main__":
