@@ -74,6 +74,7 @@ def run_mode(
 ) -> tuple[float, list[dict]]:
     import tempfile
 
+    from flows.foreground import foreground_run
     from flows.sweep import sweep
     from qmlops.config import TrackingConfig
     from qmlops.sweep import SweepExecution, parse_space
@@ -91,11 +92,12 @@ def run_mode(
     # trainings resume at their last iteration (Ray's workers inherit this when Ray starts).
     os.environ["QMLOPS_CHECKPOINT_DIR"] = tempfile.mkdtemp(prefix="checkpoints-", dir=store)
     started = time.perf_counter()
-    result = sweep(
-        space=parse_space(space_document(maxiter, workload)),
-        execution=execution,
-        tracking=tracking,
-    )
+    with foreground_run():  # as `qmlops sweep` runs it: no flow-run heartbeats
+        result = sweep(
+            space=parse_space(space_document(maxiter, workload)),
+            execution=execution,
+            tracking=tracking,
+        )
     return time.perf_counter() - started, result["rows"]
 
 
