@@ -1,9 +1,15 @@
-"""Figures for the experiment record (matplotlib, headless)."""
+"""Figures for the experiment record (matplotlib, headless).
+
+Built on matplotlib's object API (``Figure``), not ``pyplot``: pyplot keeps a global registry of
+open figures that is not thread-safe, and sweeps log runs from several threads at once. Only
+Qiskit's circuit drawer goes through pyplot, so it runs under :data:`PYPLOT_LOCK`.
+"""
 
 from __future__ import annotations
 
 import functools
 import io
+import threading
 from collections.abc import Sequence
 
 import matplotlib
@@ -16,6 +22,8 @@ from qiskit import QuantumCircuit  # noqa: E402
 from qmlops.circuits import CircuitSpec  # noqa: E402
 
 PNG_DPI = 110
+PYPLOT_LOCK = threading.RLock()
+"""Held around every use of ``pyplot`` (its figure registry is process-wide)."""
 
 
 def training_curves_figure(
@@ -24,7 +32,8 @@ def training_curves_figure(
     validation_accuracy: Sequence[float] = (),
 ) -> Figure:
     """Loss and accuracy per iteration."""
-    figure, (loss_axis, accuracy_axis) = plt.subplots(1, 2, figsize=(10, 4))
+    figure = Figure(figsize=(10, 4))
+    loss_axis, accuracy_axis = figure.subplots(1, 2)
     loss_axis.plot(range(len(loss)), loss, color="tab:blue")
     loss_axis.set(xlabel="iteration", ylabel="cross-entropy loss", title="Training loss")
     accuracy_axis.plot(range(len(train_accuracy)), train_accuracy, label="train (batch)")
@@ -38,7 +47,8 @@ def training_curves_figure(
 
 def confusion_matrix_figure(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> Figure:
     """Annotated confusion matrix (rows: true class, columns: predicted class)."""
-    figure, axis = plt.subplots(figsize=(1.2 * len(labels) + 3, 1.2 * len(labels) + 2.5))
+    figure = Figure(figsize=(1.2 * len(labels) + 3, 1.2 * len(labels) + 2.5))
+    axis = figure.subplots()
     image = axis.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axis)
     axis.set(
@@ -50,16 +60,20 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]], labels: Sequence[st
         ylabel="true",
         title="Confusion matrix (test)",
     )
+    darkest = max((max(row) for row in matrix), default=0)
     for i, row in enumerate(matrix):
         for j, count in enumerate(row):
-            axis.text(j, i, str(count), ha="center", va="center")
+            # Light text on the dark cells keeps every count readable.
+            color = "white" if darkest and count > darkest / 2 else "black"
+            axis.text(j, i, str(count), ha="center", va="center", color=color)
     figure.tight_layout()
     return figure
 
 
 def circuit_figure(circuit: QuantumCircuit) -> Figure:
-    """Circuit diagram (matplotlib drawer)."""
-    figure = circuit.draw(output="mpl", fold=40)
+    """Circuit diagram (Qiskit's matplotlib drawer); release it with :func:`close`."""
+    with PYPLOT_LOCK:
+        figure = circuit.draw(output="mpl", fold=40)
     assert isinstance(figure, Figure)
     return figure
 
@@ -94,5 +108,6 @@ def circuit_png(spec: CircuitSpec) -> bytes:
 
 
 def close(figure: Figure) -> None:
-    """Release a figure's memory."""
-    plt.close(figure)
+    """Release a figure's memory (unregister it from pyplot if it was made there)."""
+    with PYPLOT_LOCK:
+        plt.close(figure)

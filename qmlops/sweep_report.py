@@ -14,7 +14,6 @@ from typing import Any, Literal
 import matplotlib
 
 matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 
 from qmlops.metrics import METRIC_NAMES  # noqa: E402
@@ -131,7 +130,8 @@ def _label(row: dict[str, Any]) -> str:
 def _scatter(
     rows: Sequence[dict[str, Any]], x: str, xlabel: str, metric: str, title: str
 ) -> Figure:
-    figure, axis = plt.subplots(figsize=(6, 4.5))
+    figure = Figure(figsize=(6, 4.5))
+    axis = figure.subplots()
     done = [r for r in rows if _usable(r.get(x)) and _usable(r.get(metric))]
     axis.scatter([r[x] for r in done], [r[metric] for r in done], color="tab:blue")
     for row in done:
@@ -160,7 +160,8 @@ def accuracy_vs_time_figure(
 
 def loss_curves_figure(outcomes: Sequence[dict[str, Any]]) -> Figure:
     """Training loss per iteration of every completed configuration, overlaid."""
-    figure, axis = plt.subplots(figsize=(7, 4.5))
+    figure = Figure(figsize=(7, 4.5))
+    axis = figure.subplots()
     for result in outcomes:
         if result["loss_curve"]:
             curve = result["loss_curve"]

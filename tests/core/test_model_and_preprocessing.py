@@ -308,8 +308,37 @@ def test_png_renders_and_releases_the_figure() -> None:
     import matplotlib.pyplot as plt
 
     from qmlops import plots
+    from qmlops.circuits import CircuitSpec
 
-    figure = plots.training_curves_figure([1.0, 0.5], [0.5, 0.75], [0.5, 0.7])
-    image = plots.png(figure)
+    open_before = set(plt.get_fignums())
+    circuit = plots.circuit_figure(CircuitSpec(n_qubits=2, n_classes=2, ansatz_reps=1).circuit())
+    assert set(plt.get_fignums()) - open_before  # Qiskit's drawer registers it with pyplot
+    image = plots.png(circuit, tight=True)
     assert image.startswith(b"\x89PNG\r\n\x1a\n")
-    assert not plt.fignum_exists(figure.number)
+    curves = plots.png(plots.training_curves_figure([1.0, 0.5], [0.5, 0.75], [0.5, 0.7]))
+    assert curves.startswith(b"\x89PNG\r\n\x1a\n")
+    assert set(plt.get_fignums()) == open_before
+
+
+def test_figures_render_from_many_threads_at_once() -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    import matplotlib.pyplot as plt
+
+    from qmlops import plots
+    from qmlops.circuits import CircuitSpec
+
+    def render(k: int) -> list[bytes]:
+        spec = CircuitSpec(n_qubits=2, n_classes=2, ansatz_reps=1)
+        return [
+            plots.png(plots.training_curves_figure([1.0, 0.5 / (k + 1)], [0.5, 0.75], [])),
+            plots.png(plots.confusion_matrix_figure([[k, 1], [2, 3]], ["a", "b"])),
+            plots.png(plots.circuit_figure(spec.circuit()), tight=True),
+        ]
+
+    open_before = set(plt.get_fignums())
+    with ThreadPoolExecutor(4) as pool:
+        images = [image for batch in pool.map(render, range(8)) for image in batch]
+    assert len(images) == 24
+    assert all(image.startswith(b"\x89PNG\r\n\x1a\n") for image in images)
+    assert set(plt.get_fignums()) == open_before
