@@ -65,10 +65,10 @@ NUMPY_MAX_QUBITS = 18
 """Largest circuit the ``auto`` backend hands to the numpy engine.
 
 Measured per optimizer step on 2 cores (``make bench``, RealAmplitudes reps 3, one weight
-point): numpy took 1.2 ms against Aer's exact path 15 ms at 8 qubits (64 samples), 8.7 against
-59 ms at 12 qubits (64 samples), 59 against 457 ms at 16 qubits (32 samples) and 76 against
-507 ms at 18 qubits (8 samples). Larger circuits were not measured; Aer takes them (the engine
-also caches every sample's feature state: 4 MiB per sample at 18 qubits)."""
+point): numpy took 0.59 ms against Aer's exact path 15 ms at 8 qubits (64 samples), 7.8
+against 59 ms at 12 qubits (64 samples), 53 against 462 ms at 16 qubits (32 samples) and 67
+against 508 ms at 18 qubits (8 samples). Larger circuits were not measured; Aer takes them
+(the engine also caches every sample's feature state: 4 MiB per sample at 18 qubits)."""
 
 _WORK_BYTES = 64 * 2**20
 _ENCODING_CACHE_SIZE = 4
