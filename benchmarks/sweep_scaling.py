@@ -72,8 +72,6 @@ def space_document(maxiter: int, workload: str = "small") -> dict:
 def run_mode(
     mode: str, cores: int, maxiter: int, store: Path, workload: str = "small"
 ) -> tuple[float, list[dict]]:
-    import tempfile
-
     from flows.foreground import foreground_run
     from flows.sweep import sweep
     from qmlops.config import TrackingConfig
