@@ -27,10 +27,14 @@ _PREFIX = "ckpt-"
 _SUFFIX = ".json"
 
 
+def canonical_json(value: Any) -> str:
+    """A JSON-able value in canonical form (sorted keys, no whitespace, no NaN)."""
+    return json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
+
+
 def canonical_digest(value: Any) -> str:
     """SHA-256 of a JSON-able value in canonical form (sorted keys, no whitespace)."""
-    text = json.dumps(value, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(text.encode()).hexdigest()
+    return hashlib.sha256(canonical_json(value).encode()).hexdigest()
 
 
 def array_digest(*arrays: np.ndarray | None) -> str:
@@ -123,7 +127,10 @@ class CheckpointStore:
         self.folder.mkdir(parents=True, exist_ok=True)
         body = {"format": CHECKPOINT_FORMAT, "key": self.key, "iteration": iteration}
         body["state"] = state
-        text = json.dumps({"body": body, "sha256": canonical_digest(body)}, allow_nan=False)
+        # Serialised once: the file embeds the canonical text its checksum is taken over.
+        canonical = canonical_json(body)
+        digest = hashlib.sha256(canonical.encode()).hexdigest()
+        text = f'{{"body":{canonical},"sha256":"{digest}"}}'
         target = self.folder / f"{_PREFIX}{iteration:09d}{_SUFFIX}"
         handle, temporary = tempfile.mkstemp(dir=self.folder, prefix=".tmp-", suffix=_SUFFIX)
         try:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +56,9 @@ def test_corrupt_newest_snapshot_falls_back_to_the_previous_good_one(tmp_path: P
     newest = store.paths()[-1]
     newest.write_text(newest.read_text()[:-20])  # truncated
     middle = store.paths()[-2]
-    middle.write_text(middle.read_text().replace('"value": 2', '"value": 7'))  # altered
+    altered = json.loads(middle.read_text())
+    altered["body"]["state"]["value"] = 7  # same checksum, other content
+    middle.write_text(json.dumps(altered))
 
     assert store.load_latest() == (1, {"value": 1})
     assert store.rejected == [newest, middle]
