@@ -625,10 +625,10 @@ class _GroupPlan:
 
     Built group by group, the matrices of 8-qubit RealAmplitudes (3 repetitions) took 127 us
     per call, in small-array numpy calls that all hold the interpreter lock; this plan builds
-    the same matrices, bit for bit, in 44 us. Every qubit of every group is a
-    *slot* whose 2x2 matrix is the product of a chain of rows of one table per weight point
-    (the identity, the fixed gates, then the weight rotations), and groups of equal size are
-    Kronecker-multiplied together.
+    the same matrices, bit for bit, in 44 us. Every qubit of every group is a *slot* whose 2x2
+    matrix is the product of a chain of rows of one table per weight point (the identity, the
+    fixed gates, then the weight rotations), and groups of equal size are Kronecker-multiplied
+    together.
 
     Attributes:
         rotations: The program's weight rotations, in table order.
