@@ -36,7 +36,7 @@ from qmlops.sweep_report import comparison_rows, outcome, select_best, selection
 from tasks.data import load_dataset, preprocess_features
 from tasks.evaluation import evaluate_models
 from tasks.hygiene import close_or_remember, prepare_tracking
-from tasks.sweep import configuration_task, data_key_label, make_task_runner
+from tasks.sweep import configuration_task, data_key_label, make_task_runner, sweep_ray
 from tasks.tracking import (
     TrackedRun,
     end_tracking_run,
@@ -182,55 +182,62 @@ def sweep(
     """
     configurations = expand_search_space(space)
     api_url = get_current_settings().api.url
-    runner = make_task_runner(execution, api_url)  # fails fast on Ray without a server
-    print(f"sweep: {len(configurations)} configurations, runner {execution.runner}")
-    prepare_tracking(tracking.tracking_uri, tracking.experiment)
-    parent = start_tracking_run(
-        tracking.tracking_uri,
-        tracking.experiment,
-        run_name=str(flow_run.name or "sweep"),
-        tags=flow_run_tags("sweep", **{"sweep.runner": execution.runner}),
-    )
-    try:
-        seed = split_seed(space)
-        log_sweep_inputs(
-            parent,
-            {
-                "sweep": {
-                    "configurations": len(configurations),
-                    "split_seed": seed,
-                    "axes": ",".join(configurations[0].varied) if configurations else "",
-                },
-                "execution": execution.model_dump(),
-                "fixed": dict(space.fixed),
-            },
-            json.dumps(space.model_dump(), indent=2),
-        )
-        results = train_configurations.with_options(task_runner=runner)(
-            configurations,
-            seed,
-            parent,
+    # Fails fast on Ray without a server; else Ray starts in the background while the parent
+    # run opens.
+    with sweep_ray(execution, api_url) as ray_session:
+        runner = make_task_runner(execution, api_url, ray_session)
+        print(f"sweep: {len(configurations)} configurations, runner {execution.runner}")
+        prepare_tracking(tracking.tracking_uri, tracking.experiment)
+        parent = start_tracking_run(
+            tracking.tracking_uri,
             tracking.experiment,
-            execution,
-            tracking.model_name,
+            run_name=str(flow_run.name or "sweep"),
+            tags=flow_run_tags("sweep", **{"sweep.runner": execution.runner}),
         )
-        rows = comparison_rows(results["outcomes"])
-        metric = execution.selection_metric
-        best = select_best(rows, metric)
-        rule = selection_rule(metric)
-        log_sweep_comparison(
-            parent, rows, results["outcomes"], best, metric, rule, results["baselines"]
-        )
-        publish_comparison(rows, best, rule)
-        registered = None
-        if best is not None and execution.register_best:
-            registered = register_run_model(parent, best["mlflow_run_id"], tracking.model_name)
-        if best is not None:
-            print(f"best configuration: {best['configuration']} {metric}={best[metric]:.3f}")
-        end_tracking_run(parent, "FINISHED")
-    except BaseException as error:
-        close_or_remember(parent, error)  # KILLED on SIGTERM, FAILED otherwise
-        raise
+        try:
+            seed = split_seed(space)
+            log_sweep_inputs(
+                parent,
+                {
+                    "sweep": {
+                        "configurations": len(configurations),
+                        "split_seed": seed,
+                        "axes": ",".join(configurations[0].varied) if configurations else "",
+                    },
+                    "execution": execution.model_dump(),
+                    "fixed": dict(space.fixed),
+                },
+                json.dumps(space.model_dump(), indent=2),
+            )
+            if ray_session is not None:
+                ray_session.wait()
+            results = train_configurations.with_options(task_runner=runner)(
+                configurations,
+                seed,
+                parent,
+                tracking.experiment,
+                execution,
+                tracking.model_name,
+            )
+            if ray_session is not None:
+                ray_session.stop()  # Ray shuts down while the comparison is published
+            rows = comparison_rows(results["outcomes"])
+            metric = execution.selection_metric
+            best = select_best(rows, metric)
+            rule = selection_rule(metric)
+            log_sweep_comparison(
+                parent, rows, results["outcomes"], best, metric, rule, results["baselines"]
+            )
+            publish_comparison(rows, best, rule)
+            registered = None
+            if best is not None and execution.register_best:
+                registered = register_run_model(parent, best["mlflow_run_id"], tracking.model_name)
+            if best is not None:
+                print(f"best configuration: {best['configuration']} {metric}={best[metric]:.3f}")
+            end_tracking_run(parent, "FINISHED")
+        except BaseException as error:
+            close_or_remember(parent, error)  # KILLED on SIGTERM, FAILED otherwise
+            raise
     return {
         "run_id": parent.run_id,
         "tracking_uri": parent.tracking_uri,

@@ -286,22 +286,71 @@ def test_ray_runner_joins_a_given_cluster_or_starts_its_own(
 ) -> None:
     from prefect_ray import RayTaskRunner
 
-    from tasks.sweep import make_task_runner
+    from tasks.sweep import make_task_runner, ray_init_arguments
 
     api = "http://127.0.0.1:4200/api"
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "sqlite:///tracking.db")
+    # A local Ray's workers inherit the environment Ray starts in: no runtime_env
+    address, init_kwargs, inherited = ray_init_arguments(
+        SweepExecution(runner="ray", max_parallel=3), api
+    )
+    assert address == "local"  # a fresh Ray, never one already running here
+    assert init_kwargs["num_cpus"] == 3
+    assert "runtime_env" not in init_kwargs
+    assert inherited["PREFECT_API_URL"] == api
+    assert inherited["MLFLOW_TRACKING_URI"] == "sqlite:///tracking.db"
+    # A runner that starts Ray itself (no session) carries the variables in a runtime_env
     local = make_task_runner(SweepExecution(runner="ray", max_parallel=3), api)
     assert isinstance(local, RayTaskRunner)
-    assert local.address == "local"  # a fresh Ray, never one already running here
-    assert local.init_kwargs["num_cpus"] == 3
-    assert local.init_kwargs["runtime_env"]["env_vars"]["PREFECT_API_URL"] == api
+    assert local.address == "local"
+    assert local.init_kwargs["runtime_env"]["env_vars"] == inherited
 
     monkeypatch.setenv("RAY_ADDRESS", "ray://head:10001")
     joined = make_task_runner(SweepExecution(runner="ray"), api)
     assert joined.address == "ray://head:10001"
     assert "num_cpus" not in joined.init_kwargs
+    assert joined.init_kwargs["runtime_env"]["env_vars"]["PREFECT_API_URL"] == api
+    _, _, inherited = ray_init_arguments(SweepExecution(runner="ray"), api)
+    assert inherited == {}  # a cluster's workers cannot inherit this process's environment
     given = make_task_runner(SweepExecution(runner="ray", ray_address="ray://other:10001"), api)
     assert given.address == "ray://other:10001"
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_ray_session_starts_ray_in_the_background_with_the_workers_environment(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import ray
+
+    from tasks.sweep import sweep_ray
+
+    # Given no PREFECT_API_URL in this process (the API comes from the flow's settings)
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    api = "http://127.0.0.1:4999/api"
+    assert not ray.is_initialized()
+
+    # When a session starts a local Ray and a task asks for its environment
+    with sweep_ray(SweepExecution(runner="ray", max_parallel=1), api) as session:
+        assert session is not None
+        session.wait()
+
+        @ray.remote
+        def worker_api_url() -> str | None:
+            return os.environ.get("PREFECT_API_URL")
+
+        seen = ray.get(worker_api_url.remote(), timeout=120)
+        # Then the worker reports to the flow's API, and this process's environment is unchanged
+        assert seen == api
+        assert "PREFECT_API_URL" not in os.environ
+        session.stop()
+
+    # And leaving the session stops Ray
+    assert not ray.is_initialized()
+    with sweep_ray(SweepExecution(runner="threads"), None) as none:
+        assert none is None
 
 
 def test_cli_refuses_a_bad_sweep_before_any_flow_run(
