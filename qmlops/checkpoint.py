@@ -6,6 +6,12 @@ version; see :func:`training_key`). A snapshot is written to a temporary file, f
 disk and renamed into place, so a reader sees either the previous file or the complete new
 one; each carries a SHA-256 of its content, and a truncated or altered file is skipped in
 favour of the previous good one.
+
+What only grows (a training's per-iteration history) goes to the job's append-only log
+instead: each snapshot records how many bytes of the log it covers and their SHA-256, so a
+save writes only the records added since the previous one (rewriting the whole history made
+a training's checkpoints cost the square of its length) and a snapshot whose log was damaged
+is skipped like a damaged snapshot.
 """
 
 from __future__ import annotations
@@ -17,14 +23,16 @@ import json
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
-CHECKPOINT_FORMAT = 1
+CHECKPOINT_FORMAT = 2
 _PREFIX = "ckpt-"
 _SUFFIX = ".json"
+_LOG = "log.jsonl"
 
 
 def canonical_json(value: Any) -> str:
@@ -82,6 +90,14 @@ def training_key(**inputs: Any) -> str:
     return canonical_digest({"inputs": inputs, "code_version": code_version()})
 
 
+class Snapshot(NamedTuple):
+    """A loaded snapshot: iterations done, the saved state and the log records it covers."""
+
+    iteration: int
+    state: dict[str, Any]
+    log: list[dict[str, Any]]
+
+
 class CheckpointStore:
     """The checkpoints of one training job.
 
@@ -92,7 +108,8 @@ class CheckpointStore:
         keep: Snapshots kept (the newest ones); older ones are removed after each save.
 
     Attributes:
-        rejected: Paths of snapshots skipped by :meth:`load_latest` as truncated or corrupt.
+        rejected: Paths of snapshots skipped by :meth:`load_latest` as truncated or corrupt
+            (the snapshot itself or the part of the log it covers).
     """
 
     def __init__(self, root: str | Path, key: str, every: int = 10, keep: int = 2) -> None:
@@ -103,6 +120,11 @@ class CheckpointStore:
         self.every = every
         self.keep = keep
         self.rejected: list[Path] = []
+        # The log as the newest snapshot written or loaded here covers it; a save first cuts
+        # the file back to this (dropping what a crash left after the last snapshot).
+        self._log_bytes = 0
+        self._log_records = 0
+        self._log_digest = hashlib.sha256()
 
     def due(self, iteration: int, last: int) -> bool:
         """Whether a snapshot is due after ``iteration`` of ``last``."""
@@ -114,19 +136,31 @@ class CheckpointStore:
             return []
         return sorted(self.folder.glob(f"{_PREFIX}*{_SUFFIX}"))
 
-    def save(self, iteration: int, state: dict[str, Any]) -> Path:
-        """Write a snapshot atomically (temporary file, fsync, rename) and prune old ones.
+    def save(
+        self, iteration: int, state: dict[str, Any], log: Sequence[Mapping[str, Any]] = ()
+    ) -> Path:
+        """Append to the log, then write a snapshot atomically (temporary file, fsync, rename).
+
+        Old snapshots are pruned afterwards.
 
         Args:
             iteration: Iterations completed.
             state: JSON-able training state.
+            log: JSON-able records added since the previous save (or since the snapshot
+                :meth:`load_latest` returned); the snapshot covers the log up to them.
 
         Returns:
             The snapshot's path.
         """
         self.folder.mkdir(parents=True, exist_ok=True)
+        self._append(log)
         body = {"format": CHECKPOINT_FORMAT, "key": self.key, "iteration": iteration}
         body["state"] = state
+        body["log"] = {
+            "bytes": self._log_bytes,
+            "records": self._log_records,
+            "sha256": self._log_digest.hexdigest(),
+        }
         # Serialised once: the file embeds the canonical text its checksum is taken over.
         canonical = canonical_json(body)
         digest = hashlib.sha256(canonical.encode()).hexdigest()
@@ -149,20 +183,49 @@ class CheckpointStore:
                 old.unlink()
         return target
 
-    def load_latest(self) -> tuple[int, dict[str, Any]] | None:
-        """The newest snapshot that passes its checksum, or ``None``.
+    def _append(self, records: Sequence[Mapping[str, Any]]) -> None:
+        data = "".join(canonical_json(record) + "\n" for record in records).encode()
+        descriptor = os.open(self.folder / _LOG, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            os.ftruncate(descriptor, self._log_bytes)
+            os.lseek(descriptor, self._log_bytes, os.SEEK_SET)
+            view = memoryview(data)
+            while view:
+                view = view[os.write(descriptor, view) :]
+            os.fsync(descriptor)
+        finally:
+            os.close(descriptor)
+        self._log_bytes += len(data)
+        self._log_records += len(records)
+        self._log_digest.update(data)
+
+    def load_latest(self) -> Snapshot | None:
+        """The newest snapshot that passes its checksum and its log's, or ``None``.
+
+        Later saves continue the log from the returned snapshot.
 
         Returns:
-            ``(iteration, state)`` of the newest good snapshot; bad ones are listed in
-            :attr:`rejected`.
+            The newest good snapshot; bad ones are listed in :attr:`rejected`.
         """
+        log = self._read_log()
         for path in reversed(self.paths()):
             body = self._read(path)
-            if body is None:
+            records = None if body is None else _log_prefix(log, body["log"])
+            if body is None or records is None:
                 self.rejected.append(path)
                 continue
-            return int(body["iteration"]), body["state"]
+            covered = log[: body["log"]["bytes"]]
+            self._log_bytes, self._log_records = len(covered), len(records)
+            self._log_digest = hashlib.sha256(covered)
+            return Snapshot(int(body["iteration"]), body["state"], records)
+        self._log_bytes, self._log_records, self._log_digest = 0, 0, hashlib.sha256()
         return None
+
+    def _read_log(self) -> bytes:
+        try:
+            return (self.folder / _LOG).read_bytes()
+        except OSError:
+            return b""
 
     def _read(self, path: Path) -> dict[str, Any] | None:
         try:
@@ -177,8 +240,22 @@ class CheckpointStore:
         return dict(body)
 
     def clear(self) -> None:
-        """Remove every snapshot of this job."""
+        """Remove every snapshot and the log of this job."""
         shutil.rmtree(self.folder, ignore_errors=True)
+        self._log_bytes, self._log_records, self._log_digest = 0, 0, hashlib.sha256()
+
+
+def _log_prefix(log: bytes, covered: Any) -> list[dict[str, Any]] | None:
+    """The records of the first ``covered["bytes"]`` bytes of the log, if they check out."""
+    try:
+        size, count, digest = int(covered["bytes"]), int(covered["records"]), covered["sha256"]
+        prefix = log[:size]
+        if len(prefix) != size or hashlib.sha256(prefix).hexdigest() != digest:
+            return None
+        records = [json.loads(line) for line in prefix.decode().splitlines()]
+    except (KeyError, TypeError, ValueError):
+        return None
+    return records if len(records) == count else None
 
 
 def _fsync_folder(folder: Path) -> None:

@@ -191,8 +191,9 @@ class _Progress:
     """History, progress callback and checkpoints of one :func:`optimize` call.
 
     A snapshot holds everything the next iteration depends on: iterations done, weights,
-    optimizer moments, history, both random generators and the evaluator's counters, so a
-    resumed run repeats an uninterrupted one exactly (for exact simulation).
+    optimizer moments, history (in the store's log), both random generators and the
+    evaluator's counters, so a resumed run repeats an uninterrupted one exactly (for exact
+    simulation).
     """
 
     def __init__(
@@ -207,6 +208,7 @@ class _Progress:
         self.callback = callback
         self.checkpoint = checkpoint
         self.history: list[IterationRecord] = []
+        self.logged = 0  # history records already in the checkpoint log
         self.resumed_from = 0
 
     def record(self, entry: IterationRecord) -> None:
@@ -222,22 +224,24 @@ class _Progress:
         state = {
             "weights": weights.tolist(),
             "moments": {name: value.tolist() for name, value in moments.items()},
-            # vars(): the records hold only scalars; asdict() deep-copies and cost more than
-            # the rest of a 500-iteration snapshot together.
-            "history": [dict(vars(entry)) for entry in self.history],
             "rng": self.rng.bit_generator.state,
             "batch_rng": self.objective.rng.bit_generator.state,
             "counters": [counters.primitive_calls, counters.circuit_evaluations],
         }
-        self.checkpoint.save(iteration, state)
+        # The history goes to the store's append-only log: only the records since the last
+        # snapshot (vars(): the records hold only scalars; asdict() deep-copies).
+        added = [dict(vars(entry)) for entry in self.history[self.logged :]]
+        self.checkpoint.save(iteration, state, log=added)
+        self.logged = len(self.history)
 
     def resume(self) -> tuple[int, np.ndarray, dict[str, np.ndarray]] | None:
         """Restore the newest good snapshot; ``None`` when there is none."""
         found = None if self.checkpoint is None else self.checkpoint.load_latest()
         if found is None:
             return None
-        iteration, state = found
-        self.history = [IterationRecord(**entry) for entry in state["history"]]
+        iteration, state, history = found
+        self.history = [IterationRecord(**entry) for entry in history]
+        self.logged = len(self.history)
         # Restore the batch generator first: it may be the same object as `rng`.
         self.objective.rng.bit_generator.state = _plain(state["batch_rng"])
         self.rng.bit_generator.state = _plain(state["rng"])

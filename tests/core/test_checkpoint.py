@@ -60,7 +60,7 @@ def test_corrupt_newest_snapshot_falls_back_to_the_previous_good_one(tmp_path: P
     altered["body"]["state"]["value"] = 7  # same checksum, other content
     middle.write_text(json.dumps(altered))
 
-    assert store.load_latest() == (1, {"value": 1})
+    assert store.load_latest() == (1, {"value": 1}, [])
     assert store.rejected == [newest, middle]
 
 
@@ -70,9 +70,45 @@ def test_snapshots_are_written_atomically_and_pruned(tmp_path: Path) -> None:
         store.save(iteration, {"value": iteration})
     assert [p.name for p in store.paths()] == ["ckpt-000000004.json", "ckpt-000000005.json"]
     assert not list(store.folder.glob(".tmp-*"))
-    assert store.load_latest() == (5, {"value": 5})
+    assert store.load_latest() == (5, {"value": 5}, [])
     store.clear()
     assert store.load_latest() is None
+
+
+def test_the_log_is_appended_and_a_damaged_log_rejects_the_snapshots_it_covers(
+    tmp_path: Path,
+) -> None:
+    # Given three snapshots, each adding two records to the log
+    store = CheckpointStore(tmp_path, "job", every=1, keep=3)
+    for iteration in (1, 2, 3):
+        store.save(
+            iteration,
+            {"value": iteration},
+            log=[{"step": 2 * iteration - 1}, {"step": 2 * iteration}],
+        )
+    log = store.folder / "log.jsonl"
+    assert log.read_text().count("\n") == 6  # appended, never rewritten
+    assert CheckpointStore(tmp_path, "job").load_latest() == (
+        3,
+        {"value": 3},
+        [{"step": step} for step in range(1, 7)],
+    )
+
+    # When a record only the newest snapshot covers is altered
+    log.write_text(log.read_text().replace('{"step":5}', '{"step":9}'))
+
+    # Then the newest snapshot is rejected and the previous one returns its 4 records
+    reader = CheckpointStore(tmp_path, "job")
+    assert reader.load_latest() == (2, {"value": 2}, [{"step": step} for step in range(1, 5)])
+    assert reader.rejected == [store.paths()[-1]]
+
+    # And saving after it cuts the log back to what that snapshot covers
+    reader.save(3, {"value": 3}, log=[{"step": 5}])
+    assert CheckpointStore(tmp_path, "job").load_latest() == (
+        3,
+        {"value": 3},
+        [{"step": step} for step in range(1, 6)],
+    )
 
 
 def test_snapshot_of_another_job_is_not_used(tmp_path: Path) -> None:
