@@ -117,15 +117,33 @@ def check_identical(rows_by_mode: dict[str, list[dict]]) -> list[str]:
     return problems
 
 
-def write_results(section: str) -> None:
+def write_results(header: list[str], subsections: dict[str, list[str]]) -> str:
+    """Write the sweep section of RESULTS.md; workloads not run this time keep their tables.
+
+    Returns:
+        The section as written.
+    """
     text = RESULTS.read_text() if RESULTS.exists() else "# Benchmark results\n"
-    block = f"{BEGIN}\n{section.rstrip()}\n{END}"
+    kept: dict[str, list[str]] = {}
+    if BEGIN in text and END in text:
+        previous = text.split(BEGIN, 1)[1].split(END, 1)[0]
+        current = None
+        for line in previous.strip("\n").splitlines():
+            if line.startswith("### "):
+                current = line[4:].split(":", 1)[0]
+            if current is not None:
+                kept.setdefault(current, []).append(line)
+    merged = {**kept, **subsections}
+    body = [line for name in WORKLOADS if name in merged for line in merged[name]]
+    section = "\n".join(header + body).rstrip()
+    block = f"{BEGIN}\n{section}\n{END}"
     if BEGIN in text and END in text:
         head, rest = text.split(BEGIN, 1)
         text = head + block + rest.split(END, 1)[1]
     else:
         text = text.rstrip() + "\n\n" + block + "\n"
     RESULTS.write_text(text)
+    return section
 
 
 WORKLOADS = {
@@ -162,6 +180,7 @@ def workload_section(
     cores: int,
     times: dict[str, list[float]],
     rows_by_mode: dict[str, list[dict]],
+    measured: str,
 ) -> tuple[list[str], list[str]]:
     """Table lines of one workload, and the problems found comparing the modes' metrics."""
     problems = check_identical(rows_by_mode)
@@ -172,6 +191,8 @@ def workload_section(
     }
     lines = [
         f"### {workload}: {WORKLOADS[workload][0]}, Adam {maxiter} steps",
+        "",
+        measured,
         "",
         "| mode | max parallel | wall time s, median (min–max) | speed-up over sequential "
         "| sum of the 8 `fit` times, last run |",
@@ -212,21 +233,28 @@ def main() -> int:
     import services
 
     workloads = list(WORKLOADS) if args.workload == "all" else [args.workload]
-    sections: list[str] = []
+    subsections: dict[str, list[str]] = {}
     all_problems: list[str] = []
     with tempfile.TemporaryDirectory() as folder, services.prefect_server(Path(folder)) as server:
         port = int(server.url.rsplit(":", 1)[1].split("/")[0])
         os.environ.update(services.prefect_server_env(Path(folder) / "client-home", port))
         # Untimed warm-up: first imports and the first flow run's one-off costs.
         run_mode("sequential", cores, 2, Path(folder), "small")
-        load_before = os.getloadavg()
         for workload in workloads:
             maxiter = args.maxiter or WORKLOADS[workload][1]
+            load_before = os.getloadavg()[0]
+            started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
             times, rows_by_mode = measure(workload, maxiter, args.repeats, cores, Path(folder))
-            lines, problems = workload_section(workload, maxiter, cores, times, rows_by_mode)
-            sections += lines
+            measured = (
+                f"Measured {started}–{time.strftime('%H:%M UTC', time.gmtime())}, "
+                f"{args.repeats} run(s) per mode; load average {load_before:.1f} before, "
+                f"{os.getloadavg()[0]:.1f} after."
+            )
+            lines, problems = workload_section(
+                workload, maxiter, cores, times, rows_by_mode, measured
+            )
+            subsections[workload] = lines
             all_problems += problems
-        load_after = os.getloadavg()
         from prefect.logging.handlers import APILogHandler
 
         APILogHandler().flush()  # ship the run logs before the server stops
@@ -234,20 +262,19 @@ def main() -> int:
         "## Sweep scaling (`benchmarks/sweep_scaling.py`)",
         "",
         "8 configurations per workload, whole `sweep` flow runs against a local Prefect server, "
-        f"MLflow SQLite store. {cores} cores, Python {platform.python_version()}, "
-        f"{args.repeats} run(s) per mode, modes alternating, median wall time; each run starts "
-        f"{SETTLE_SECONDS:.0f} s after the previous one, after one untimed warm-up sweep; load "
-        f"average {load_before[0]:.1f} before, {load_after[0]:.1f} after "
-        f"({time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}). `sequential`: one "
-        "configuration at a time, each free to use every core; `threads`: the thread runner, "
-        f"{cores} at once, one core each; `ray`: a local Ray started by the flow (its start "
-        "and its workers' imports included).",
+        f"MLflow SQLite store. {cores} cores, Python {platform.python_version()}, modes "
+        "alternating, median wall time; each run starts "
+        f"{SETTLE_SECONDS:.0f} s after the previous one, after one untimed warm-up sweep. "
+        "`sequential`: one configuration at a time, each free to use every core; `threads`: the "
+        f"thread runner, {cores} at once, one core each; `ray`: a local Ray started by the flow "
+        "(its start and its workers' imports included). A run of one workload "
+        "(`--workload NAME`) replaces that workload's table and keeps the others.",
         "",
     ]
-    section = "\n".join(header + sections)
-    print(section)
-    if not args.no_write:
-        write_results(section)
+    if args.no_write:
+        print("\n".join(header + [line for lines in subsections.values() for line in lines]))
+    else:
+        print(write_results(header, subsections))
     return 1 if all_problems else 0
 
 
