@@ -11,11 +11,13 @@ configuration.
 from __future__ import annotations
 
 import json
+from collections import deque
 from typing import Any
 
 from prefect import flow, task
 from prefect.artifacts import create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
 from threadpoolctl import threadpool_limits
@@ -36,7 +38,13 @@ from qmlops.sweep_report import comparison_rows, outcome, select_best, selection
 from tasks.data import load_dataset, preprocess_features
 from tasks.evaluation import evaluate_models
 from tasks.hygiene import close_or_remember, prepare_tracking
-from tasks.sweep import configuration_task, data_key_label, make_task_runner, sweep_ray
+from tasks.sweep import (
+    configuration_task,
+    data_key_label,
+    estimated_cost,
+    make_task_runner,
+    sweep_ray,
+)
 from tasks.tracking import (
     TrackedRun,
     end_tracking_run,
@@ -80,6 +88,10 @@ def train_configurations(
 ) -> dict[str, Any]:
     """Prepare each dataset once, then train every configuration on this flow's task runner.
 
+    The configurations start longest first (by :func:`tasks.sweep.estimated_cost`), at most
+    ``max_parallel`` at a time, so the sweep ends on short trainings instead of one long
+    training running alone; Ray's scheduler would not keep a submission order by itself.
+
     Returns:
         ``outcomes`` (one per configuration, in order) and ``baselines`` (test metrics of the
         classical baselines per data set).
@@ -88,7 +100,7 @@ def train_configurations(
     own_process = execution.runner == "ray"
     outcomes: dict[str, dict[str, Any]] = {}
     baselines: dict[str, dict[str, float]] = {}
-    futures = []
+    work: list[tuple[float, SweepConfiguration, tuple[Any, ...]]] = []
     train_configuration = configuration_task(execution)
     # BLAS thread limits are process-wide: set once here for all concurrent threads.
     with threadpool_limits(limits=None if own_process else threads, user_api="blas"):
@@ -116,27 +128,22 @@ def train_configurations(
                 for metric in METRIC_NAMES
             }
             for configuration in group:
-                futures.append(
-                    (
-                        configuration,
-                        train_configuration.submit(
-                            configuration,
-                            data,
-                            prepared,
-                            evaluations,
-                            parent,
-                            experiment,
-                            threads,
-                            own_process,
-                            model_name,
-                        ),
-                    )
-                )
-        for configuration, future in futures:
-            future.wait()
-            state = future.state
+                cost = estimated_cost(configuration, prepared, data.n_classes)
+                arguments = (configuration, data, prepared, evaluations, parent, experiment)
+                work.append((cost, configuration, arguments))
+        work.sort(key=lambda item: -item[0])  # stable: equal costs keep the space's order
+        waiting = deque(work)
+        running: dict[PrefectFuture[Any], SweepConfiguration] = {}
+        while waiting or running:
+            while waiting and len(running) < execution.max_parallel:
+                _, configuration, arguments = waiting.popleft()
+                future = train_configuration.submit(*arguments, threads, own_process, model_name)
+                running[future] = configuration
+            finished = next(as_completed(list(running)))
+            configuration = running.pop(finished)
+            state = finished.state
             if state.is_completed():
-                outcomes[configuration.name] = future.result()
+                outcomes[configuration.name] = finished.result()
             else:
                 failure = _failure(state)
                 print(f"configuration {configuration.name} failed: {failure}")

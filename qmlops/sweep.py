@@ -43,6 +43,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from qmlops.circuits import CircuitSpec, ResourceEstimate
 from qmlops.config import CircuitConfig, DatasetConfig, TrainingConfig
 from qmlops.errors import ConfigurationError
 from qmlops.sweep_report import SelectionMetric
@@ -384,6 +385,16 @@ def available_cores() -> int:
         return len(os.sched_getaffinity(0))
     except (AttributeError, OSError):
         return os.cpu_count() or 1
+
+
+def training_cost(spec: CircuitSpec, estimate: ResourceEstimate) -> float:
+    """Relative cost of a training, to start the longest ones first.
+
+    Circuit evaluations x amplitudes x circuit layers (feature map and ansatz repetitions plus
+    the readout): only the order matters, not the unit.
+    """
+    layers = spec.feature_map_reps + spec.ansatz_reps + 1
+    return float(estimate.circuit_evaluations) * 2.0**spec.n_qubits * layers
 
 
 def threads_per_training(max_parallel: int, cores: int | None) -> int:

@@ -10,6 +10,8 @@ returns is a JSON-safe outcome (:func:`qmlops.sweep_report.outcome`).
 from __future__ import annotations
 
 import hashlib
+import logging
+import math
 import os
 import threading
 from collections.abc import Iterator
@@ -22,11 +24,12 @@ from prefect.cache_policies import NO_CACHE
 from prefect.task_runners import TaskRunner, ThreadPoolTaskRunner
 from threadpoolctl import threadpool_limits
 
+from qmlops.circuits import CircuitSpec, ResourceEstimate
 from qmlops.classifier import QuantumClassifier
 from qmlops.config import DatasetConfig
 from qmlops.data import Dataset
-from qmlops.errors import ConfigurationError
-from qmlops.sweep import SweepConfiguration, SweepExecution
+from qmlops.errors import ConfigurationError, InputError
+from qmlops.sweep import SweepConfiguration, SweepExecution, training_cost
 from qmlops.sweep_report import outcome
 from tasks.data import PreparedData
 from tasks.evaluation import evaluate_models
@@ -43,11 +46,27 @@ from tasks.tracking import (
 from tasks.training import build_classifier, train_classifier
 
 
-def _size_check(configuration: SweepConfiguration, prepared: PreparedData, n_classes: int) -> None:
+def _plan(
+    configuration: SweepConfiguration, prepared: PreparedData, n_classes: int
+) -> tuple[CircuitSpec, ResourceEstimate]:
     n_validation = 0 if prepared.X_val is None else prepared.X_val.shape[0]
-    build_classifier(configuration.circuit, configuration.training).plan(
+    return build_classifier(configuration.circuit, configuration.training).plan(
         prepared.X_train.shape[0], n_validation, prepared.X_train.shape[1], n_classes
     )
+
+
+def estimated_cost(
+    configuration: SweepConfiguration, prepared: PreparedData, n_classes: int
+) -> float:
+    """Relative cost of training a configuration (:func:`qmlops.sweep.training_cost`).
+
+    A configuration its size guard or checks refuse costs infinity: started first, it fails at
+    once and is reported, holding up nothing.
+    """
+    try:
+        return training_cost(*_plan(configuration, prepared, n_classes))
+    except InputError:
+        return math.inf
 
 
 @task(
@@ -93,7 +112,7 @@ def train_configuration(
         limits.enter_context(threadpool_limits(limits=threads, user_api="openmp"))
         if own_process:
             limits.enter_context(threadpool_limits(limits=threads, user_api="blas"))
-        _size_check(configuration, prepared, dataset.n_classes)
+        _plan(configuration, prepared, dataset.n_classes)  # the size guard, before any run
         child = start_tracking_run(
             parent.tracking_uri,
             experiment,
@@ -332,6 +351,7 @@ class RaySession:
     def _own(self) -> None:
         import ray
 
+        logging.getLogger("ray._private.worker").addFilter(_keep_signal_handling_quiet)
         try:
             with _environment(self._inherited):
                 ray.init(self.address, **self.init_kwargs)
@@ -342,6 +362,12 @@ class RaySession:
         self._ready.set()
         self._release.wait()
         ray.shutdown()
+
+
+def _keep_signal_handling_quiet(record: logging.LogRecord) -> bool:
+    # Started off the main thread, Ray leaves SIGTERM to the flow (Prefect marks the run, the
+    # session stops Ray) and warns that it did: expected here, so not shown.
+    return not record.getMessage().startswith("SIGTERM handler is not set")
 
 
 @contextmanager

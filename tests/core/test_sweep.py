@@ -16,6 +16,7 @@ from qmlops.sweep import (
     parse_space,
     split_seed,
     threads_per_training,
+    training_cost,
 )
 from qmlops.sweep_report import comparison_rows, outcome, select_best, selection_rule
 
@@ -131,6 +132,20 @@ def test_cores_are_shared_out_between_concurrent_trainings() -> None:
     assert threads_per_training(1, 2) == 2
     assert threads_per_training(8, 2) == 1
     assert threads_per_training(2, None) == 1
+
+
+def test_training_cost_grows_with_steps_qubits_and_depth() -> None:
+    from qmlops import QuantumClassifier
+
+    def cost(n_qubits: int = 4, **params: object) -> float:
+        classifier = QuantumClassifier(**params)  # type: ignore[arg-type]
+        return training_cost(*classifier.plan(100, 0, n_qubits, 2))
+
+    base = cost(ansatz_reps=2, maxiter=100)
+    assert cost(ansatz_reps=2, maxiter=200) == pytest.approx(2 * base, rel=0.05)
+    assert cost(ansatz_reps=3, maxiter=100) > base
+    assert cost(6, ansatz_reps=2, maxiter=100) > 4 * base
+    assert cost(ansatz_reps=2, maxiter=100, optimizer="spsa") < base  # 3 circuits a step
 
 
 def _outcomes() -> list[dict]:

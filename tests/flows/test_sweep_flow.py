@@ -47,6 +47,10 @@ def _artifacts(client: MlflowClient, run_id: str, path: str = "") -> set[str]:
     return found
 
 
+def _start_time(run: Any) -> int:
+    return int(run.info.start_time)
+
+
 def _comparison(client: MlflowClient, tracking_uri: str, run_id: str) -> dict[str, Any]:
     path = download_artifacts(
         run_id=run_id, artifact_path="sweep/comparison.json", tracking_uri=tracking_uri
@@ -98,6 +102,11 @@ def test_thread_sweep_records_parent_children_and_comparison(thread_sweep: dict)
         "c002",
         "c003",
     ]
+    # longest first, 2 at a time: the biggest circuit (c003, EfficientSU2 reps 2) starts in
+    # the first pair, the smallest (c000, RealAmplitudes reps 1) only after one has finished
+    started = [c.data.tags["sweep.configuration"] for c in sorted(children, key=_start_time)]
+    assert "c003" in started[:2]
+    assert "c000" in started[2:]
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.params["circuit.n_qubits"] == "2"
