@@ -141,6 +141,7 @@ def train_configurations(
                 running[future] = configuration
             finished = next(as_completed(list(running)))
             configuration = running.pop(finished)
+            finished.wait()  # done is not yet final: wait() records the final state
             state = finished.state
             if state.is_completed():
                 outcomes[configuration.name] = finished.result()
