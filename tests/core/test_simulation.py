@@ -253,6 +253,34 @@ def test_worker_threads_give_the_same_numbers(monkeypatch: pytest.MonkeyPatch) -
     assert np.max(np.abs(one[0] - one[1])) > 1e-4
 
 
+def test_a_call_too_small_for_worker_threads_runs_as_one_block(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    import qmlops.simulation as simulation
+
+    # Blocks repeat the Python between the matrix products, which holds the interpreter lock
+    # while concurrent trainings on other threads wait for it.
+    passes: list[int] = []
+    run_fused = simulation.run_fused
+
+    def counted(*args, **kwargs):
+        passes.append(1)
+        return run_fused(*args, **kwargs)
+
+    monkeypatch.setattr(simulation, "run_fused", counted)
+    monkeypatch.setattr(simulation, "_BLOCK_AMPLITUDES", 2**6)  # would be many blocks
+    spec = CircuitSpec(n_qubits=4, n_classes=2, ansatz_reps=1)
+    X, W = random_inputs(spec, n_samples=8, n_points=4, seed=3)
+    evaluator = CircuitEvaluator(spec, backend="numpy", simulator_threads=2)
+    evaluator.unitary_path = "never"
+    small = evaluator.class_probabilities([(X, W)])[0]
+    assert len(passes) == 1
+    monkeypatch.setattr(simulation, "_PARALLEL_MIN_AMPLITUDES", 1)  # now large enough to split
+    split = evaluator.class_probabilities([(X, W)])[0]
+    assert len(passes) > 2
+    np.testing.assert_allclose(small, split, atol=1e-12)
+
+
 def test_automatic_threads_follow_threadpoolctl_limits() -> None:
     from threadpoolctl import threadpool_limits
 
