@@ -12,8 +12,10 @@ Runs the ``sweep`` flow three ways on the same search space against one real Pre
 Wall time is the whole flow run (space expansion, parent run, data preparation, baselines,
 the fan-out, comparison and figures). Each mode is repeated ``--repeats`` times in turn and
 the median is reported; the test metrics of every configuration must agree between modes
-(same seeds, same numbers). The figures go to ``benchmarks/RESULTS.md`` between the
-``sweep_scaling`` markers; the rest of that file is kept.
+(same seeds, same numbers). After each round a host probe (:class:`HostProbe`) times two bare
+trainings one after the other and two at once, in two processes and on two threads, without
+Prefect or MLflow: the ceiling the host allowed at that moment. The figures go to
+``benchmarks/RESULTS.md`` between the ``sweep_scaling`` markers; the rest of that file is kept.
 
 Three workloads of 8 configurations, from short to long trainings, because the speed-up
 depends on how much of a run the trainings are: ``small`` (per-configuration logging weighs
@@ -101,6 +103,92 @@ def run_mode(
     return time.perf_counter() - started, result["rows"]
 
 
+HOST_PROBE_STEPS = 300
+
+
+def bare_fit(seed: int) -> float:
+    """One 8-qubit training of the long workload's kind, alone on one core: its wall time.
+
+    Outside Prefect, MLflow and checkpoints, so that it measures only what the host gives a
+    training.
+    """
+    from threadpoolctl import threadpool_limits
+
+    from qmlops.classifier import QuantumClassifier
+    from qmlops.data import load_builtin
+    from qmlops.preprocessing import make_preprocessor, split_dataset
+
+    dataset = load_builtin("breast_cancer")
+    splits = split_dataset(dataset, test_size=0.2, random_state=42)
+    features = make_preprocessor(splits.X_train.shape[1], 8, 3.141592653589793).fit_transform(
+        splits.X_train
+    )
+    classifier = QuantumClassifier(
+        ansatz="real_amplitudes",
+        ansatz_reps=3,
+        maxiter=HOST_PROBE_STEPS,
+        random_state=seed,
+        simulator_threads=1,
+    )
+    with threadpool_limits(limits=1):
+        started = time.perf_counter()
+        classifier.fit(features, splits.y_train)
+        return time.perf_counter() - started
+
+
+def bare_pair_on_threads(seeds: tuple[int, int]) -> float:
+    """Wall time of two :func:`bare_fit` calls on two threads of one process."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = time.perf_counter()
+    with ThreadPoolExecutor(2) as pool:
+        list(pool.map(bare_fit, seeds))
+    return time.perf_counter() - started
+
+
+class HostProbe:
+    """What two trainings at once gain on this host right now, without any orchestration.
+
+    Two bare trainings (:func:`bare_fit`) one after the other, then in two processes at once,
+    then on two threads of one process, all in two pre-started worker processes. The sweep's
+    speed-ups are bounded by these ratios, which vary with the host's load (the same pair ran
+    1.81x and 2.03x in processes within an hour on this machine).
+    """
+
+    def __init__(self) -> None:
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor
+
+        # Spawned, not forked: this process already runs threads (Prefect's, MLflow's).
+        self.pool = ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn"))
+        list(self.pool.map(bare_fit, (0, 0)))  # imports and first-call costs
+        self.ratios: dict[str, list[float]] = {"processes": [], "threads": []}
+
+    def measure(self) -> None:
+        sequential = self.pool.submit(bare_fit, 1).result() + self.pool.submit(bare_fit, 2).result()
+        started = time.perf_counter()
+        list(self.pool.map(bare_fit, (1, 2)))
+        self.ratios["processes"].append(sequential / (time.perf_counter() - started))
+        on_threads = self.pool.submit(bare_pair_on_threads, (1, 2)).result()
+        self.ratios["threads"].append(sequential / on_threads)
+
+    def summary(self) -> str:
+        """One sentence with the medians (min–max) of both ratios."""
+        parts = [
+            f"{kind} {statistics.median(values):.2f}x ({min(values):.2f}–{max(values):.2f})"
+            for kind, values in self.ratios.items()
+        ]
+        return (
+            f"Host ceiling, measured after each round: two bare {HOST_PROBE_STEPS}-step 8-qubit "
+            "trainings at once against one after the other, no Prefect or MLflow: "
+            + ", ".join(parts)
+            + "."
+        )
+
+    def close(self) -> None:
+        self.pool.shutdown()
+
+
 def check_identical(rows_by_mode: dict[str, list[dict]]) -> list[str]:
     reference_mode, reference = next(iter(rows_by_mode.items()))
     problems = []
@@ -159,9 +247,12 @@ SETTLE_SECONDS = 1.0
 
 
 def measure(
-    workload: str, maxiter: int, repeats: int, cores: int, folder: Path
+    workload: str, maxiter: int, repeats: int, cores: int, folder: Path, host: HostProbe
 ) -> tuple[dict[str, list[float]], dict[str, list[dict]]]:
-    """Wall times per mode (modes alternate within each repeat) and the last rows per mode."""
+    """Wall times per mode (modes alternate within each repeat) and the last rows per mode.
+
+    The host probe runs once after each round of the three modes.
+    """
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
     rows_by_mode: dict[str, list[dict]] = {}
     for repeat in range(repeats):
@@ -171,6 +262,8 @@ def measure(
             times[mode].append(seconds)
             rows_by_mode[mode] = rows
             print(f"{workload} [{repeat + 1}/{repeats}] {mode}: {seconds:.1f} s", flush=True)
+        host.measure()
+        print(f"{workload} [{repeat + 1}/{repeats}] host: {host.ratios}", flush=True)
     return times, rows_by_mode
 
 
@@ -244,11 +337,17 @@ def main() -> int:
             maxiter = args.maxiter or WORKLOADS[workload][1]
             load_before = os.getloadavg()[0]
             started = time.strftime("%Y-%m-%d %H:%M", time.gmtime())
-            times, rows_by_mode = measure(workload, maxiter, args.repeats, cores, Path(folder))
+            host = HostProbe()
+            try:
+                times, rows_by_mode = measure(
+                    workload, maxiter, args.repeats, cores, Path(folder), host
+                )
+            finally:
+                host.close()
             measured = (
                 f"Measured {started}–{time.strftime('%H:%M UTC', time.gmtime())}, "
                 f"{args.repeats} run(s) per mode; load average {load_before:.1f} before, "
-                f"{os.getloadavg()[0]:.1f} after."
+                f"{os.getloadavg()[0]:.1f} after. {host.summary()}"
             )
             lines, problems = workload_section(
                 workload, maxiter, cores, times, rows_by_mode, measured
