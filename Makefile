@@ -30,12 +30,12 @@ test: install
 test-fast: install
 	$(BIN)/python -m pytest -m "not slow"
 
-# Both benchmarks (about 55 min on 2 cores: VQC trainings 14 min, sweeps 34-40 min); write benchmarks/RESULTS.md.
+# Both benchmarks (about 60 min on 2 cores: VQC trainings 14 min, sweeps 34-43 min); write benchmarks/RESULTS.md.
 bench: install
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/sweep_scaling.py
 
-# Sweep scaling: sequential vs threads vs local Ray, 8 configurations, three workloads (34-40 min).
+# Sweep scaling: sequential vs threads vs local Ray, 8 configurations, three workloads, host probe (34-43 min).
 bench-sweep: install
 	$(BIN)/python benchmarks/sweep_scaling.py
 
