@@ -29,6 +29,7 @@ Usage: ``.venv/bin/python benchmarks/sweep_scaling.py [--workload small|long|xl|
 from __future__ import annotations
 
 import argparse
+import math
 import os
 import platform
 import statistics
@@ -120,9 +121,7 @@ def bare_fit(seed: int) -> float:
 
     dataset = load_builtin("breast_cancer")
     splits = split_dataset(dataset, test_size=0.2, random_state=42)
-    features = make_preprocessor(splits.X_train.shape[1], 8, 3.141592653589793).fit_transform(
-        splits.X_train
-    )
+    features = make_preprocessor(splits.X_train.shape[1], 8, math.pi).fit_transform(splits.X_train)
     classifier = QuantumClassifier(
         ansatz="real_amplitudes",
         ansatz_reps=3,
@@ -152,7 +151,7 @@ class HostProbe:
     Two bare trainings (:func:`bare_fit`) one after the other, then in two processes at once,
     then on two threads of one process, all in two pre-started worker processes. The sweep's
     speed-ups are bounded by these ratios, which vary with the host's load (the same pair ran
-    1.81x and 2.03x in processes within an hour on this machine).
+    1.59x to 2.04x in processes over one afternoon on this machine).
     """
 
     def __init__(self) -> None:
