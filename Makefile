@@ -42,7 +42,7 @@ bench-sweep: install
 lint: install
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
-	$(BIN)/mypy qmlops tasks flows deployments qmlops_cli.py
+	$(BIN)/mypy qmlops tasks flows deployments qmlops_cli.py benchmarks
 
 format: install
 	$(BIN)/ruff format .

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import os
 import platform
 import statistics
@@ -318,10 +319,10 @@ def benchmark_case(case: Case, reps: int, seed: int) -> dict[str, list[Run]]:
         rep_seed = seed + rep
         start = initial_point(case, rep_seed)
         methods: dict[str, Callable[[], Run]] = {
-            VQC_DEFAULT: lambda start=start, s=rep_seed: run_vqc(case, start, s, aer=False),
-            VQC_AER: lambda start=start, s=rep_seed: run_vqc(case, start, s, aer=True),
-            OURS: lambda s=rep_seed: run_ours(case, s, "auto"),
-            OURS_AER: lambda s=rep_seed: run_ours(case, s, "aer"),
+            VQC_DEFAULT: functools.partial(run_vqc, case, start, rep_seed, aer=False),
+            VQC_AER: functools.partial(run_vqc, case, start, rep_seed, aer=True),
+            OURS: functools.partial(run_ours, case, rep_seed, "auto"),
+            OURS_AER: functools.partial(run_ours, case, rep_seed, "aer"),
         }
         for name, method in methods.items():
             if name in case.skip:
