@@ -15,6 +15,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
+from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 RUN_TIMEOUT_S = 600.0
+API_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
 TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 CUSTOM = {
     "dataset": {"name": "moons", "n_samples": 60},
@@ -63,6 +65,18 @@ class Stack:
         }
 
     def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
+        # 503 is the server's "retry this": on SQLite it answers so when another writer (a
+        # service such as the scheduler) holds the database, having rolled the request back.
+        # Prefect's own client retries it the same way; the raw calls here must too.
+        status, content = self._call_once(method, path, body)
+        for delay in API_RETRY_DELAYS_S:
+            if status != HTTPStatus.SERVICE_UNAVAILABLE:
+                break
+            time.sleep(delay)
+            status, content = self._call_once(method, path, body)
+        return status, content
+
+    def _call_once(self, method: str, path: str, body: Any) -> tuple[int, Any]:
         request = urllib.request.Request(
             self.api + path,
             data=None if body is None else json.dumps(body).encode(),
