@@ -26,12 +26,14 @@ from qmlops.config import TrackingConfig
 from qmlops.errors import InputError
 from qmlops.metrics import METRIC_NAMES
 from qmlops.sweep import (
+    SHARED_INTERPRETER_SWITCH_INTERVAL_S,
     SearchSpace,
     SweepConfiguration,
     SweepExecution,
     available_cores,
     expand,
     split_seed,
+    switch_interval,
     threads_per_training,
 )
 from qmlops.sweep_report import comparison_rows, outcome, select_best, selection_rule
@@ -102,8 +104,11 @@ def train_configurations(
     baselines: dict[str, dict[str, float]] = {}
     work: list[tuple[float, SweepConfiguration, tuple[Any, ...]]] = []
     train_configuration = configuration_task(execution)
-    # BLAS thread limits are process-wide: set once here for all concurrent threads.
-    with threadpool_limits(limits=None if own_process else threads, user_api="blas"):
+    # BLAS limits and the switch interval are process-wide: set once here for all threads.
+    with (
+        threadpool_limits(limits=None if own_process else threads, user_api="blas"),
+        switch_interval(None if own_process else SHARED_INTERPRETER_SWITCH_INTERVAL_S),
+    ):
         groups: dict[tuple[str, int], list[SweepConfiguration]] = {}
         for configuration in configurations:
             groups.setdefault(configuration.data_key, []).append(configuration)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path
 
 import pytest
@@ -15,6 +16,7 @@ from qmlops.sweep import (
     override_axes,
     parse_space,
     split_seed,
+    switch_interval,
     threads_per_training,
     training_cost,
 )
@@ -132,6 +134,18 @@ def test_cores_are_shared_out_between_concurrent_trainings() -> None:
     assert threads_per_training(1, 2) == 2
     assert threads_per_training(8, 2) == 1
     assert threads_per_training(2, None) == 1
+
+
+def test_switch_interval_is_set_inside_the_block_and_restored_after() -> None:
+    default = sys.getswitchinterval()
+    with switch_interval(1e-4):
+        assert sys.getswitchinterval() == pytest.approx(1e-4)
+    assert sys.getswitchinterval() == default
+    with pytest.raises(RuntimeError), switch_interval(2e-4):
+        raise RuntimeError("a failing training")
+    assert sys.getswitchinterval() == default
+    with switch_interval(None):
+        assert sys.getswitchinterval() == default
 
 
 def test_training_cost_grows_with_steps_qubits_and_depth() -> None:

@@ -91,6 +91,8 @@ def test_thread_sweep_records_parent_children_and_comparison(thread_sweep: dict)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["sweep.runner"] == "threads"
     assert parent.data.params["sweep.configurations"] == "4"
+    # the fan-out shortens the interpreter's switch interval only while it runs
+    assert sys.getswitchinterval() == pytest.approx(0.005)
 
     # one finished child per configuration, nested under the parent, each a complete run
     children = client.search_runs(
