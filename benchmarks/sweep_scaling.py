@@ -136,11 +136,16 @@ def bare_fit(seed: int) -> float:
 
 
 def bare_pair_on_threads(seeds: tuple[int, int]) -> float:
-    """Wall time of two :func:`bare_fit` calls on two threads of one process."""
+    """Wall time of two :func:`bare_fit` calls on two threads of one process.
+
+    Under the switch interval the thread runner sets (:func:`qmlops.sweep.switch_interval`).
+    """
     from concurrent.futures import ThreadPoolExecutor
 
+    from qmlops.sweep import SHARED_INTERPRETER_SWITCH_INTERVAL_S, switch_interval
+
     started = time.perf_counter()
-    with ThreadPoolExecutor(2) as pool:
+    with switch_interval(SHARED_INTERPRETER_SWITCH_INTERVAL_S), ThreadPoolExecutor(2) as pool:
         list(pool.map(bare_fit, seeds))
     return time.perf_counter() - started
 
@@ -173,6 +178,8 @@ class HostProbe:
 
     def summary(self) -> str:
         """One sentence with the medians (min–max) of both ratios."""
+        from qmlops.sweep import SHARED_INTERPRETER_SWITCH_INTERVAL_S
+
         parts = [
             f"{kind} {statistics.median(values):.2f}x ({min(values):.2f}–{max(values):.2f})"
             for kind, values in self.ratios.items()
@@ -181,7 +188,8 @@ class HostProbe:
             f"Host ceiling, measured after each round: two bare {HOST_PROBE_STEPS}-step 8-qubit "
             "trainings at once against one after the other, no Prefect or MLflow: "
             + ", ".join(parts)
-            + "."
+            + "; the threads at the thread runner's switch interval, "
+            + f"{SHARED_INTERPRETER_SWITCH_INTERVAL_S * 1e3:g} ms."
         )
 
     def close(self) -> None:
