@@ -256,6 +256,8 @@ def _main_sweep(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     from flows.foreground import foreground_run
     from flows.sweep import sweep
+    from tasks.sweep import RayUnavailableError
+    from tasks.tracking import TrackingUnavailableError
 
     try:
         with foreground_run():
@@ -263,6 +265,9 @@ def _main_sweep(args: argparse.Namespace) -> int:
     except InputError as error:
         print(f"qmlops: {type(error).__name__}: {error}", file=sys.stderr)
         return EXIT_BAD_INPUT
+    except (RayUnavailableError, TrackingUnavailableError) as error:
+        print(f"qmlops: {error}", file=sys.stderr)
+        return EXIT_UNAVAILABLE
     _print_sweep_summary(result)
     return 0 if result["best"] is not None else 1
 

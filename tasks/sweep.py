@@ -13,6 +13,7 @@ import hashlib
 import logging
 import math
 import os
+import socket
 import threading
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
@@ -353,8 +354,17 @@ class RaySession:
 
         logging.getLogger("ray._private.worker").addFilter(_keep_signal_handling_quiet)
         try:
+            check_reachable(self.address)
             with _environment(self._inherited):
                 ray.init(self.address, **self.init_kwargs)
+        except RayUnavailableError as error:
+            self._error = error
+            self._ready.set()
+            return
+        except ConnectionError as error:
+            self._error = join_error(self.address, error)
+            self._ready.set()
+            return
         except BaseException as error:  # noqa: BLE001 - re-raised in the flow by wait()
             self._error = error
             self._ready.set()
@@ -362,6 +372,69 @@ class RaySession:
         self._ready.set()
         self._release.wait()
         ray.shutdown()
+
+
+class RayUnavailableError(RuntimeError):
+    """The Ray cluster to join cannot be reached (it may not be up yet: try again)."""
+
+
+def check_reachable(address: str, timeout_s: float = 10.0) -> None:
+    """Fail fast when nothing answers at a Ray cluster's ``host:port``.
+
+    ``ray.init`` with an address where nothing listens retries for as long as it runs, logging
+    a warning every 40 s, and the sweep would never start. ``"local"`` and ``"auto"`` are not
+    addresses to check.
+
+    Args:
+        address: ``host:port`` of the cluster's GCS, or ``ray://host:port`` (Ray Client).
+        timeout_s: How long one connection attempt may take.
+
+    Raises:
+        RayUnavailableError: Nothing accepted a connection there.
+    """
+    if address in ("local", "auto"):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        return  # not host:port: left to Ray, which knows its address forms
+    try:
+        socket.create_connection((host.strip("[]"), int(port)), timeout=timeout_s).close()
+    except OSError as error:
+        raise RayUnavailableError(
+            f"cannot reach the Ray cluster at {address}: {error}. Is it running, and is the "
+            "address its head node's (`ray status` there prints it)?"
+        ) from error
+
+
+def join_error(address: str, error: ConnectionError) -> Exception:
+    """What to raise when joining the Ray cluster at ``address`` failed with ``error``.
+
+    Ray's own message sits in a traceback several causes deep; this one names the address and
+    the fix. A cluster started by ``ray start`` on a machine that holds a Ray token (Ray 2.60
+    writes one on the first local ``ray.init``) requires token authentication, which a client
+    joining by explicit address only uses when ``RAY_AUTH_MODE=token`` says so: that is a
+    configuration error, not an outage.
+
+    Returns:
+        A :class:`~qmlops.errors.ConfigurationError` for a refused token, else a
+        :class:`RayUnavailableError`.
+    """
+    messages: list[str] = []
+    cause: BaseException | None = error
+    while cause is not None and len(messages) < 10:
+        messages.append(f"{type(cause).__name__}: {cause}")
+        cause = cause.__cause__ or cause.__context__
+    if any(
+        "InvalidAuthToken" in message or "AuthenticationError" in message for message in messages
+    ):
+        return ConfigurationError(
+            f"the Ray cluster at {address} refused this client's authentication token. "
+            "Clusters started by `ray start` may require token authentication: set "
+            "RAY_AUTH_MODE=token with the cluster's token in ~/.ray/auth_token, "
+            "RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN (or join with --ray-address auto on the "
+            "head node)"
+        )
+    return RayUnavailableError(f"cannot reach the Ray cluster at {address}: {error}")
 
 
 def _keep_signal_handling_quiet(record: logging.LogRecord) -> bool:

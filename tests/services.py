@@ -1,4 +1,4 @@
-"""Real services for integration tests: a Prefect server and an MLflow tracking server.
+"""Real services for integration tests: a Prefect server, an MLflow tracking server, a Ray head.
 
 Each is started as a child process on a free loopback port, waited for until its health
 endpoint answers, and stopped (its whole process group) when the context exits. Tests use
@@ -7,6 +7,7 @@ these through the fixtures in ``tests/conftest.py``; nothing here is mocked.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -181,6 +182,64 @@ def mlflow_server(
 
 
 FLOW_CHILD = Path(__file__).with_name("flow_child.py")
+
+
+@contextmanager
+def ray_head(workdir: Path, cpus: int = 2, timeout_s: float = 120.0) -> Iterator[str]:
+    """Run a one-node Ray cluster (``ray start --head --block``) on loopback, as a user would.
+
+    Token authentication is on (``RAY_AUTH_MODE=token``), as ``ray start`` turns it on where a
+    Ray token exists. Stopped, with every process it started, when the context exits.
+
+    Args:
+        workdir: Folder for the log.
+        cpus: CPUs the node offers.
+        timeout_s: How long to wait for the node to come up.
+
+    Yields:
+        The cluster's address (``127.0.0.1:<port>``) for ``ray.init``/``--ray-address``.
+    """
+    import shutil
+    import tempfile
+
+    port = free_port()
+    # Ray's socket paths must stay short: its session folder goes under /tmp, not the workdir.
+    temp_dir = tempfile.mkdtemp(prefix="qmlops-ray-", dir="/tmp")
+    command = [
+        venv_bin("ray"),
+        "start",
+        "--head",
+        "--block",
+        f"--port={port}",
+        f"--node-ip-address={LOOPBACK}",
+        f"--num-cpus={cpus}",
+        "--include-dashboard=false",
+        "--disable-usage-stats",
+        f"--temp-dir={temp_dir}",
+    ]
+    log_path = workdir / "ray-head.log"
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    with log_path.open("wb") as log:
+        process = subprocess.Popen(
+            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
+        )
+    service = RunningService(url=f"{LOOPBACK}:{port}", process=process, log_path=log_path)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while "Ray runtime started" not in service.log_tail(100_000):
+            if process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the Ray head did not start:\n" + service.log_tail())
+            time.sleep(0.5)
+        yield service.url
+    finally:
+        # `ray start --block` stops the node's processes on Ctrl-C; SIGTERM it ignores.
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(process.pid, signal.SIGINT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=30)
+        _stop(process)
+        shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @dataclass

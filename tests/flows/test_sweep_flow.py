@@ -19,7 +19,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
-from services import RunningService, prefect_server_env
+from services import RunningService, free_port, prefect_server_env, ray_head
 
 from flows.sweep import sweep
 from qmlops.config import TrackingConfig
@@ -218,6 +218,108 @@ def test_ray_sweep_matches_the_thread_sweep(
         np.testing.assert_allclose(
             [m.value for m in ray_loss], [m.value for m in thread_loss], rtol=0, atol=1e-12
         )
+
+
+def test_a_refused_ray_token_is_a_configuration_error_and_an_outage_is_not() -> None:
+    from qmlops.errors import ConfigurationError
+    from tasks.sweep import RayUnavailableError, join_error
+
+    # Ray 2.60 puts the refusal in the message of the ConnectionError's cause
+    refused = ConnectionError("Failed to connect to Ray cluster at 10.0.0.5:6379")
+    refused.__cause__ = RuntimeError(
+        "Failed to connect to GCS. ray.exceptions.AuthenticationError: RPC error: "
+        "InvalidAuthToken: Authentication token is missing or incorrect."
+    )
+    error = join_error("10.0.0.5:6379", refused)
+    assert isinstance(error, ConfigurationError)
+    assert "10.0.0.5:6379" in str(error)
+    assert "RAY_AUTH_MODE=token" in str(error)
+
+    down = join_error("10.0.0.5:6379", ConnectionError("Failed to connect to Ray cluster"))
+    assert isinstance(down, RayUnavailableError)
+    assert not isinstance(down, ConfigurationError)  # an outage may pass: not bad input
+    assert "10.0.0.5:6379" in str(down)
+
+
+def test_joining_an_address_where_nothing_listens_fails_at_once() -> None:
+    from tasks.sweep import RaySession, RayUnavailableError
+
+    address = f"127.0.0.1:{free_port()}"
+    session = RaySession(
+        SweepExecution(runner="ray", ray_address=address), "http://127.0.0.1:4200/api"
+    ).start()
+    try:
+        # ray.init itself would retry for as long as it runs
+        assert session._ready.wait(60), "still trying to join after 60 s"
+        with pytest.raises(RayUnavailableError, match=f"cannot reach the Ray cluster at {address}"):
+            session.wait()
+    finally:
+        session.close()
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_a_sweep_joins_a_running_ray_cluster_by_address(
+    prefect_server: RunningService, tmp_path: Path
+) -> None:
+    # Given a Ray head started by `ray start --head` (token authentication on) and a server
+    port = int(prefect_server.url.rsplit(":", 1)[1].split("/")[0])
+    env = {
+        **os.environ,
+        **prefect_server_env(tmp_path / "prefect-client", port),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    for name in ("RAY_ADDRESS", "RAY_AUTH_MODE"):
+        env.pop(name, None)
+
+    def sweep_on(address: str, extra: dict[str, str]) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [
+                str(Path(sys.executable).with_name("qmlops")),
+                "sweep",
+                *("--dataset", "moons", "--qubits", "2", "--maxiter", "3", "--seed", "1", "2"),
+                *("--runner", "ray", "--ray-address", address, "--max-parallel", "2"),
+                *("--experiment", "join-test"),
+            ],
+            env={**env, **extra},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
+
+    # A wrong address is reported as an outage (exit code 3), not left to Ray's endless retries
+    nowhere = sweep_on(f"127.0.0.1:{free_port()}", {})
+    assert nowhere.returncode == 3, nowhere.stderr[-4000:]
+    assert "cannot reach the Ray cluster at 127.0.0.1:" in nowhere.stderr
+
+    with ray_head(tmp_path) as address:
+        # When the client does not use the cluster's token, the sweep says so and how to fix it
+        refused = sweep_on(address, {})
+        assert refused.returncode == 2, refused.stderr[-4000:]
+        assert f"the Ray cluster at {address} refused" in refused.stderr
+        assert "RAY_AUTH_MODE=token" in refused.stderr
+
+        # Then, with it, the sweep runs on that cluster, which it leaves running
+        joined = sweep_on(address, {"RAY_AUTH_MODE": "token"})
+        output = joined.stdout + joined.stderr
+        assert joined.returncode == 0, output[-6000:]
+        # (Ray logs the node's own address for a loopback one)
+        assert "Connecting to existing Ray cluster at address: " in output
+        assert f":{address.rsplit(':', 1)[1]}..." in output
+        assert "Connected to Ray cluster." in output
+        assert "Started a local Ray instance" not in output
+
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    experiment = client.get_experiment_by_name("join-test")
+    assert experiment is not None
+    (parent,) = client.search_runs(
+        [experiment.experiment_id], "tags.`sweep.runner` = 'ray' and attributes.status = 'FINISHED'"
+    )
+    children = client.search_runs(
+        [experiment.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(child.info.status for child in children) == ["FINISHED", "FINISHED"]
 
 
 @pytest.mark.usefixtures("prefect_harness")
