@@ -357,15 +357,9 @@ class RaySession:
             check_reachable(self.address)
             with _environment(self._inherited):
                 ray.init(self.address, **self.init_kwargs)
-        except RayUnavailableError as error:
-            self._error = error
-            self._ready.set()
-            return
-        except ConnectionError as error:
-            self._error = join_error(self.address, error)
-            self._ready.set()
-            return
         except BaseException as error:  # noqa: BLE001 - re-raised in the flow by wait()
+            if isinstance(error, ConnectionError):
+                error = join_error(self.address, error)
             self._error = error
             self._ready.set()
             return

@@ -300,7 +300,7 @@ def test_a_sweep_joins_a_running_ray_cluster_by_address(
         assert f"the Ray cluster at {address} refused" in refused.stderr
         assert "RAY_AUTH_MODE=token" in refused.stderr
 
-        # Then, with it, the sweep runs on that cluster, which it leaves running
+        # Then, with it, the sweep runs on that cluster
         joined = sweep_on(address, {"RAY_AUTH_MODE": "token"})
         output = joined.stdout + joined.stderr
         assert joined.returncode == 0, output[-6000:]
