@@ -85,15 +85,10 @@ def _stop(process: subprocess.Popen[bytes]) -> None:
         pass
 
 
-@contextmanager
-def _service(
-    command: list[str],
-    url: str,
-    health_path: str,
-    log_path: Path,
-    env: Mapping[str, str] | None = None,
-    timeout_s: float = STARTUP_TIMEOUT_S,
-) -> Iterator[RunningService]:
+def _launch(
+    command: list[str], url: str, log_path: Path, env: Mapping[str, str] | None = None
+) -> RunningService:
+    # A session of its own, so that _stop can end the service with everything it forked.
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with log_path.open("wb") as log:
         process = subprocess.Popen(
@@ -103,12 +98,24 @@ def _service(
             env={**os.environ, **(env or {})},
             start_new_session=True,
         )
-    service = RunningService(url=url, process=process, log_path=log_path)
+    return RunningService(url=url, process=process, log_path=log_path)
+
+
+@contextmanager
+def _service(
+    command: list[str],
+    url: str,
+    health_path: str,
+    log_path: Path,
+    env: Mapping[str, str] | None = None,
+    timeout_s: float = STARTUP_TIMEOUT_S,
+) -> Iterator[RunningService]:
+    service = _launch(command, url, log_path, env)
     try:
         _wait_healthy(service, url + health_path, timeout_s)
         yield service
     finally:
-        _stop(process)
+        _stop(service.process)
 
 
 def prefect_server_env(home: Path, port: int) -> dict[str, str]:
@@ -217,14 +224,9 @@ def ray_head(workdir: Path, cpus: int = 2, timeout_s: float = 120.0) -> Iterator
         "--disable-usage-stats",
         f"--temp-dir={temp_dir}",
     ]
-    log_path = workdir / "ray-head.log"
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
-            command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True
-        )
-    service = RunningService(url=f"{LOOPBACK}:{port}", process=process, log_path=log_path)
+    env = {"RAY_AUTH_MODE": "token", "RAY_USAGE_STATS_ENABLED": "0"}
+    service = _launch(command, f"{LOOPBACK}:{port}", workdir / "ray-head.log", env)
+    process = service.process
     try:
         deadline = time.monotonic() + timeout_s
         while "Ray runtime started" not in service.log_tail(100_000):
