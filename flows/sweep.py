@@ -84,7 +84,6 @@ def train_configurations(
     configurations: list[SweepConfiguration],
     split_random_state: int,
     parent: TrackedRun,
-    experiment: str,
     execution: SweepExecution,
     model_name: str,
 ) -> dict[str, Any]:
@@ -134,7 +133,7 @@ def train_configurations(
             }
             for configuration in group:
                 cost = estimated_cost(configuration, prepared, data.n_classes)
-                arguments = (configuration, data, prepared, evaluations, parent, experiment)
+                arguments = (configuration, data, prepared, evaluations, parent)
                 work.append((cost, configuration, arguments))
         work.sort(key=lambda item: -item[0])  # stable: equal costs keep the space's order
         waiting = deque(work)
@@ -228,7 +227,6 @@ def sweep(
                 configurations,
                 seed,
                 parent,
-                tracking.experiment,
                 execution,
                 tracking.model_name,
             )

@@ -42,7 +42,7 @@ from tasks.tracking import (
     log_model,
     log_run_inputs,
     log_training,
-    start_tracking_run,
+    start_child_run,
 )
 from tasks.training import build_classifier, train_classifier
 
@@ -83,7 +83,6 @@ def train_configuration(
     prepared: PreparedData,
     baseline_evaluations: dict[str, dict[str, Any]],
     parent: TrackedRun,
-    experiment: str,
     threads: int,
     own_process: bool,
     model_name: str = "qmlops-classifier",
@@ -98,8 +97,7 @@ def train_configuration(
         dataset: Its dataset (identity and fingerprint are logged).
         prepared: The shared split and encoder of its dataset.
         baseline_evaluations: Test evaluations of the classical baselines on the same split.
-        parent: The sweep's MLflow run.
-        experiment: MLflow experiment of the sweep.
+        parent: The sweep's MLflow run (the child opens in its experiment).
         threads: OpenMP/BLAS threads this training may use.
         own_process: Whether this task has its process to itself (Ray): then the process-wide
             BLAS limit is set here; in threads, the flow sets it once for all.
@@ -114,12 +112,10 @@ def train_configuration(
         if own_process:
             limits.enter_context(threadpool_limits(limits=threads, user_api="blas"))
         _plan(configuration, prepared, dataset.n_classes)  # the size guard, before any run
-        child = start_tracking_run(
-            parent.tracking_uri,
-            experiment,
-            run_name=f"{configuration.name}",
+        child = start_child_run(
+            parent,
+            run_name=configuration.name,
             tags={
-                "mlflow.parentRunId": parent.run_id,
                 "sweep.configuration": configuration.name,
                 "sweep.parent_run_id": parent.run_id,
             },

@@ -289,6 +289,38 @@ def start_tracking_run(
     )
 
 
+@task(
+    name="start-child-run",
+    retries=RETRIES,
+    retry_delay_seconds=RETRY_DELAY_SECONDS,
+    retry_condition_fn=retry_if_transient,
+    cache_policy=NO_CACHE,
+)
+def start_child_run(parent: TrackedRun, run_name: str, tags: dict[str, str]) -> TrackedRun:
+    """Open an MLflow run nested under ``parent``, in the parent's experiment.
+
+    The parent's flow prepared the store and the experiment, so this skips
+    :func:`prepare_store` and its file lock: Ray workers starting at once would otherwise
+    open the store one after another.
+    """
+    from tasks.hygiene import owner_tags
+
+    configure_client()
+    check_tracking_available(parent.tracking_uri)
+    faults.checkpoint("start-tracking")
+    run = parent.client().create_run(
+        parent.experiment_id,
+        run_name=run_name,
+        tags=without_secrets({**tags, **owner_tags(), "mlflow.parentRunId": parent.run_id}),
+    )
+    return TrackedRun(
+        tracking_uri=parent.tracking_uri,
+        experiment_id=parent.experiment_id,
+        run_id=run.info.run_id,
+        started_ms=int(run.info.start_time),
+    )
+
+
 def close_run(run: TrackedRun, status: str, error: str | None = None) -> None:
     """Mark the MLflow run FINISHED, FAILED or KILLED (with the error, if any).
 

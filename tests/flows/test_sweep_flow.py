@@ -8,10 +8,12 @@ subprocess against the session's real Prefect server (``PREFECT_API_URL``); the 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import subprocess
 import sys
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -361,6 +363,38 @@ def test_a_failing_configuration_is_reported_and_the_others_complete(
     assert result["registered_version"] == "1"
     version = client.get_model_version("sweep-best", "1")
     assert version.run_id == rows["c000"]["mlflow_run_id"]
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_child_run_opens_while_the_store_lock_is_held(mlflow_uri: str) -> None:
+    from tasks.tracking import prepare_store, start_child_run, start_tracking_run
+
+    # Given a sweep's parent run, and another process holding the store's creation lock
+    parent = start_tracking_run(mlflow_uri, "child-lock", run_name="parent", tags={})
+    database = Path(mlflow_uri.removeprefix("sqlite:///"))
+    opened: list[Any] = []
+    with open(database.with_name(database.name + ".lock"), "a") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        try:
+            # When a configuration opens its child run
+            opener = threading.Thread(
+                target=lambda: opened.append(start_child_run(parent, "c000", {"k": "v"}))
+            )
+            opener.start()
+            opener.join(timeout=60)
+            waited = opener.is_alive()
+        finally:
+            fcntl.flock(held, fcntl.LOCK_UN)
+        opener.join()
+
+    # Then it did not queue on the lock, and it is nested in the parent's experiment
+    assert not waited
+    (child,) = opened
+    run = MlflowClient(mlflow_uri).get_run(child.run_id)
+    assert run.info.experiment_id == parent.experiment_id == prepare_store(mlflow_uri, "child-lock")
+    assert run.data.tags["mlflow.parentRunId"] == parent.run_id
+    assert run.data.tags["k"] == "v"
+    assert run.info.status == "RUNNING"
 
 
 def test_sweep_weekly_deployment_parameters_validate_against_the_flow() -> None:
