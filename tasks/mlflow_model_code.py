@@ -21,8 +21,9 @@ class QuantumClassifierModel(PythonModel):
 
         self.model = QuantumModel.load(context.artifacts["model_document"])
 
-    # No type hints: MLflow would derive a (wrong) schema from them; the logged signature rules.
-    def predict(self, context, model_input, params=None):
+    # A DataFrame hint: MLflow derives no schema from it (the logged signature rules) and does
+    # not warn about a missing hint on every log and load.
+    def predict(self, context, model_input: pd.DataFrame, params=None):
         """Return a ``prediction`` column and one ``probability_<class>`` column per class."""
         return self.model.predict_frame(pd.DataFrame(model_input))
 
