@@ -273,20 +273,8 @@ def start_tracking_run(
     The owner tags (:func:`tasks.hygiene.owner_tags`) let a later flow tell a run whose
     process died (``kill -9``) from one that is still going.
     """
-    from tasks.hygiene import owner_tags
-
     uri = resolve_tracking_uri(tracking_uri)
-    experiment_id = prepare_store(uri, experiment)
-    faults.checkpoint("start-tracking")
-    run = MlflowClient(tracking_uri=uri).create_run(
-        experiment_id, run_name=run_name, tags=without_secrets({**tags, **owner_tags()})
-    )
-    return TrackedRun(
-        tracking_uri=uri,
-        experiment_id=experiment_id,
-        run_id=run.info.run_id,
-        started_ms=int(run.info.start_time),
-    )
+    return _open_run(uri, prepare_store(uri, experiment), run_name, tags)
 
 
 @task(
@@ -303,19 +291,24 @@ def start_child_run(parent: TrackedRun, run_name: str, tags: dict[str, str]) -> 
     :func:`prepare_store` and its file lock: Ray workers starting at once would otherwise
     open the store one after another.
     """
-    from tasks.hygiene import owner_tags
-
     configure_client()
     check_tracking_available(parent.tracking_uri)
+    nested = {**tags, "mlflow.parentRunId": parent.run_id}
+    return _open_run(parent.tracking_uri, parent.experiment_id, run_name, nested)
+
+
+def _open_run(
+    tracking_uri: str, experiment_id: str, run_name: str, tags: dict[str, str]
+) -> TrackedRun:
+    from tasks.hygiene import owner_tags
+
     faults.checkpoint("start-tracking")
-    run = parent.client().create_run(
-        parent.experiment_id,
-        run_name=run_name,
-        tags=without_secrets({**tags, **owner_tags(), "mlflow.parentRunId": parent.run_id}),
+    run = MlflowClient(tracking_uri=tracking_uri).create_run(
+        experiment_id, run_name=run_name, tags=without_secrets({**tags, **owner_tags()})
     )
     return TrackedRun(
-        tracking_uri=parent.tracking_uri,
-        experiment_id=parent.experiment_id,
+        tracking_uri=tracking_uri,
+        experiment_id=experiment_id,
         run_id=run.info.run_id,
         started_ms=int(run.info.start_time),
     )
