@@ -304,7 +304,7 @@ def test_circuit_diagram_is_drawn_once_per_circuit_description() -> None:
     assert other != first
 
 
-def test_png_renders_and_releases_the_figure() -> None:
+def test_png_renders_without_registering_figures_in_pyplot() -> None:
     import matplotlib.pyplot as plt
 
     from qmlops import plots
@@ -312,12 +312,32 @@ def test_png_renders_and_releases_the_figure() -> None:
 
     open_before = set(plt.get_fignums())
     circuit = plots.circuit_figure(CircuitSpec(n_qubits=2, n_classes=2, ansatz_reps=1).circuit())
-    assert set(plt.get_fignums()) - open_before  # Qiskit's drawer registers it with pyplot
+    assert set(plt.get_fignums()) == open_before  # Qiskit drew on our Axes, not through pyplot
     image = plots.png(circuit, tight=True)
     assert image.startswith(b"\x89PNG\r\n\x1a\n")
     curves = plots.png(plots.training_curves_figure([1.0, 0.5], [0.5, 0.75], [0.5, 0.7]))
     assert curves.startswith(b"\x89PNG\r\n\x1a\n")
     assert set(plt.get_fignums()) == open_before
+
+
+def test_the_figures_leave_the_process_matplotlib_backend_alone() -> None:
+    # Given a process that chose its own backend, when it imports and draws every figure
+    script = """
+import matplotlib
+matplotlib.use("svg")
+from qmlops import plots, sweep_report
+from qmlops.circuits import CircuitSpec
+assert plots.circuit_png(CircuitSpec(n_qubits=2, n_classes=2)).startswith(b"\\x89PNG")
+outcomes = [sweep_report.outcome("c000", {}, loss_curve=[1.0, 0.5])]
+plots.png(sweep_report.loss_curves_figure(outcomes))
+print(matplotlib.get_backend())
+"""
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    # Then its backend is still the one it chose
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip() == "svg"
 
 
 def test_figures_render_from_many_threads_at_once() -> None:
