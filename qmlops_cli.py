@@ -16,7 +16,7 @@ from qmlops.config import (
     TrackingConfig,
     TrainingConfig,
 )
-from qmlops.sweep import SweepExecution
+from qmlops.search_space import SweepExecution
 
 EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 3
@@ -177,7 +177,7 @@ def sweep_params_from_args(args: argparse.Namespace) -> dict[str, Any]:
         qmlops.errors.ConfigurationError: For a bad space file or axis values.
         pydantic.ValidationError: For out-of-range execution or tracking options.
     """
-    from qmlops.sweep import expand, load_space, override_axes, parse_space
+    from qmlops.search_space import expand, load_space, override_axes, parse_space
 
     document = load_space(args.space).model_dump() if args.space else {}
     if document:
@@ -256,7 +256,7 @@ def _main_sweep(args: argparse.Namespace) -> int:
         return EXIT_BAD_INPUT
     from flows.foreground import foreground_run
     from flows.sweep import sweep
-    from tasks.sweep import RayUnavailableError
+    from tasks.ray_runner import RayUnavailableError
     from tasks.tracking import TrackingUnavailableError
 
     try:

@@ -80,7 +80,7 @@ def run_mode(
     from flows.foreground import foreground_run
     from flows.sweep import sweep
     from qmlops.config import TrackingConfig
-    from qmlops.sweep import SweepExecution, parse_space
+    from qmlops.search_space import SweepExecution, parse_space
 
     execution = SweepExecution(
         runner="ray" if mode == "ray" else "threads",
@@ -138,11 +138,11 @@ def bare_fit(seed: int) -> float:
 def bare_pair_on_threads(seeds: tuple[int, int]) -> float:
     """Wall time of two :func:`bare_fit` calls on two threads of one process.
 
-    Under the switch interval the thread runner sets (:func:`qmlops.sweep.switch_interval`).
+    Under the switch interval the thread runner sets (:func:`tasks.runners.switch_interval`).
     """
     from concurrent.futures import ThreadPoolExecutor
 
-    from qmlops.sweep import SHARED_INTERPRETER_SWITCH_INTERVAL_S, switch_interval
+    from tasks.runners import SHARED_INTERPRETER_SWITCH_INTERVAL_S, switch_interval
 
     started = time.perf_counter()
     with switch_interval(SHARED_INTERPRETER_SWITCH_INTERVAL_S), ThreadPoolExecutor(2) as pool:
@@ -178,7 +178,7 @@ class HostProbe:
 
     def summary(self) -> str:
         """One sentence with the medians (min–max) of both ratios."""
-        from qmlops.sweep import SHARED_INTERPRETER_SWITCH_INTERVAL_S
+        from tasks.runners import SHARED_INTERPRETER_SWITCH_INTERVAL_S
 
         parts = [
             f"{kind} {statistics.median(values):.2f}x ({min(values):.2f}–{max(values):.2f})"
@@ -327,7 +327,7 @@ def main() -> int:
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     os.environ.setdefault("MPLBACKEND", "Agg")
     os.environ.pop("RAY_ADDRESS", None)
-    from qmlops.sweep import available_cores
+    from qmlops.concurrency import available_cores
 
     cores = available_cores()
     import services

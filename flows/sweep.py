@@ -11,7 +11,6 @@ configuration.
 from __future__ import annotations
 
 import json
-from collections import deque
 from typing import Any
 
 from prefect import flow, task
@@ -20,33 +19,20 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import PrefectFuture, as_completed
 from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
-from threadpoolctl import threadpool_limits
 
+from qmlops.concurrency import available_cores, threads_per_training
 from qmlops.config import TrackingConfig
 from qmlops.errors import InputError
 from qmlops.metrics import METRIC_NAMES
-from qmlops.sweep import (
-    SHARED_INTERPRETER_SWITCH_INTERVAL_S,
-    SearchSpace,
-    SweepConfiguration,
-    SweepExecution,
-    available_cores,
-    expand,
-    split_seed,
-    switch_interval,
-    threads_per_training,
-)
+from qmlops.scheduling import dispatch, longest_first
+from qmlops.search_space import SearchSpace, SweepConfiguration, SweepExecution, expand, split_seed
 from qmlops.sweep_report import comparison_rows, outcome, select_best, selection_rule
 from tasks.data import load_dataset, preprocess_features
 from tasks.evaluation import evaluate_models
 from tasks.hygiene import close_or_remember, prepare_tracking
-from tasks.sweep import (
-    configuration_task,
-    data_key_label,
-    estimated_cost,
-    make_task_runner,
-    sweep_ray,
-)
+from tasks.ray_runner import sweep_ray
+from tasks.runners import make_task_runner, shared_interpreter
+from tasks.sweep import configuration_task, data_key_label, estimated_cost
 from tasks.tracking import (
     TrackedRun,
     end_tracking_run,
@@ -90,8 +76,8 @@ def train_configurations(
     """Prepare each dataset once, then train every configuration on this flow's task runner.
 
     The configurations start longest first (by :func:`tasks.sweep.estimated_cost`), at most
-    ``max_parallel`` at a time, so the sweep ends on short trainings instead of one long
-    training running alone; Ray's scheduler would not keep a submission order by itself.
+    ``max_parallel`` at a time (:mod:`qmlops.scheduling`), inside the process-wide settings of
+    the runner (:func:`tasks.runners.shared_interpreter`).
 
     Returns:
         ``outcomes`` (one per configuration, in order) and ``baselines`` (test metrics of the
@@ -101,13 +87,10 @@ def train_configurations(
     own_process = execution.runner == "ray"
     outcomes: dict[str, dict[str, Any]] = {}
     baselines: dict[str, dict[str, float]] = {}
-    work: list[tuple[float, SweepConfiguration, tuple[Any, ...]]] = []
+    work: list[tuple[SweepConfiguration, tuple[Any, ...]]] = []
+    costs: list[float] = []
     train_configuration = configuration_task(execution)
-    # BLAS limits and the switch interval are process-wide: set once here for all threads.
-    with (
-        threadpool_limits(limits=None if own_process else threads, user_api="blas"),
-        switch_interval(None if own_process else SHARED_INTERPRETER_SWITCH_INTERVAL_S),
-    ):
+    with shared_interpreter(execution, threads):
         groups: dict[tuple[str, int], list[SweepConfiguration]] = {}
         for configuration in configurations:
             groups.setdefault(configuration.data_key, []).append(configuration)
@@ -132,19 +115,19 @@ def train_configurations(
                 for metric in METRIC_NAMES
             }
             for configuration in group:
-                cost = estimated_cost(configuration, prepared, data.n_classes)
-                arguments = (configuration, data, prepared, evaluations, parent)
-                work.append((cost, configuration, arguments))
-        work.sort(key=lambda item: -item[0])  # stable: equal costs keep the space's order
-        waiting = deque(work)
-        running: dict[PrefectFuture[Any], SweepConfiguration] = {}
-        while waiting or running:
-            while waiting and len(running) < execution.max_parallel:
-                _, configuration, arguments = waiting.popleft()
-                future = train_configuration.submit(*arguments, threads, own_process, model_name)
-                running[future] = configuration
-            finished = next(as_completed(list(running)))
-            configuration = running.pop(finished)
+                costs.append(estimated_cost(configuration, prepared, data.n_classes))
+                work.append((configuration, (configuration, data, prepared, evaluations, parent)))
+
+        def start(item: tuple[SweepConfiguration, tuple[Any, ...]]) -> PrefectFuture[Any]:
+            return train_configuration.submit(*item[1], threads, own_process, model_name)
+
+        def first_finished(running: list[PrefectFuture[Any]]) -> PrefectFuture[Any]:
+            return next(as_completed(running))
+
+        ordered = [work[index] for index in longest_first(costs)]
+        for (configuration, _), finished in dispatch(
+            ordered, execution.max_parallel, start, first_finished
+        ):
             finished.wait()  # done is not yet final: wait() records the final state
             state = finished.state
             if state.is_completed():
@@ -184,7 +167,7 @@ def sweep(
     """Train every configuration of a search space in parallel and compare them.
 
     Args:
-        space: Fixed settings, grid axes and random axes (see :mod:`qmlops.sweep`).
+        space: Fixed settings, grid axes and random axes (see :mod:`qmlops.search_space`).
         execution: Task runner (threads or Ray), parallelism and how the best is picked.
         tracking: MLflow experiment, tracking URI and the name the best model is registered
             under (when ``execution.register_best``).

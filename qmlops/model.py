@@ -6,7 +6,6 @@ of its canonical content, verified before the model is used.
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,16 +17,12 @@ from sklearn.pipeline import Pipeline
 
 from qmlops.classifier import QuantumClassifier
 from qmlops.errors import DatasetError, ModelFormatError
+from qmlops.hashing import canonical_digest
 from qmlops.preprocessing import AngleEncoder, preprocessor_to_state
 
 DOCUMENT_KIND = "qmlops.quantum-classifier"
 BODY_KEYS = frozenset({"kind", "feature_names", "preprocessor", "classifier"})
 MAX_DOCUMENT_BYTES = 64 * 1024 * 1024
-
-
-def _digest(body: dict[str, Any]) -> str:
-    canonical = json.dumps(body, sort_keys=True, separators=(",", ":"), allow_nan=False)
-    return hashlib.sha256(canonical.encode()).hexdigest()
 
 
 def model_document(
@@ -40,7 +35,7 @@ def model_document(
         "preprocessor": preprocessor_to_state(preprocessor),
         "classifier": classifier.to_state(),
     }
-    return {"body": body, "sha256": _digest(body)}
+    return {"body": body, "sha256": canonical_digest(body)}
 
 
 def verify_model_document(document: Any) -> dict[str, Any]:
@@ -65,7 +60,7 @@ def verify_model_document(document: Any) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise ModelFormatError("not a qmlops model document")
     try:
-        digest = _digest(body)
+        digest = canonical_digest(body)
     except (TypeError, ValueError) as error:
         raise ModelFormatError(f"model document is not plain JSON data: {error}") from None
     if digest != document["sha256"]:
@@ -94,8 +89,11 @@ def read_model_document(path: str | Path) -> dict[str, Any]:
     return dict(document)
 
 
-class QuantumModel:
-    """A loaded model that maps raw feature rows to labels.
+class DeployedModel:
+    """A deployed model, loaded from its verified document: raw feature rows in, labels out.
+
+    It holds the fitted angle encoder and :class:`~qmlops.classifier.QuantumClassifier` of one
+    training and is what the MLflow model and batch scoring serve.
 
     Args:
         document: Output of :func:`model_document`.
@@ -111,7 +109,7 @@ class QuantumModel:
         self.classifier = QuantumClassifier.from_state(body["classifier"])
 
     @classmethod
-    def load(cls, path: str | Path) -> QuantumModel:
+    def load(cls, path: str | Path) -> DeployedModel:
         """Read a model document from a JSON file (verified before use)."""
         return cls(read_model_document(path))
 

@@ -1,29 +1,36 @@
 """Figures for the experiment record (matplotlib, headless).
 
-Built on matplotlib's object API (``Figure``), not ``pyplot``: pyplot keeps a global registry of
-open figures that is not thread-safe, and sweeps log runs from several threads at once. Only
-Qiskit's circuit drawer goes through pyplot, so it runs under :data:`PYPLOT_LOCK`.
+Built on matplotlib's object API (``Figure`` on an Agg canvas), not ``pyplot``: pyplot keeps a
+process-wide registry of open figures that is not thread-safe (sweeps log runs from several
+threads at once) and draws through the process's backend, which this module neither needs nor
+changes. Qiskit's circuit drawer is given an ``Axes`` of such a figure, so it does not use
+pyplot either.
 """
 
 from __future__ import annotations
 
 import functools
 import io
-import threading
 from collections.abc import Sequence
+from typing import Any
 
-import matplotlib
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
+from qiskit import QuantumCircuit
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.figure import Figure  # noqa: E402
-from qiskit import QuantumCircuit  # noqa: E402
-
-from qmlops.circuits import CircuitSpec  # noqa: E402
+from qmlops.circuits import CircuitSpec
 
 PNG_DPI = 110
-PYPLOT_LOCK = threading.RLock()
-"""Held around every use of ``pyplot`` (its figure registry is process-wide)."""
+# Inches per unit of Qiskit's drawing coordinates at which its drawer keeps its own font size
+# on a given Axes (it scales fonts by the Axes' width over this).
+_QISKIT_INCHES_PER_UNIT = 0.8361111**2
+
+
+def agg_figure(**kwargs: Any) -> Figure:
+    """A figure drawn by the Agg renderer, outside pyplot (``kwargs`` go to ``Figure``)."""
+    figure = Figure(**kwargs)
+    FigureCanvasAgg(figure)
+    return figure
 
 
 def training_curves_figure(
@@ -32,7 +39,7 @@ def training_curves_figure(
     validation_accuracy: Sequence[float] = (),
 ) -> Figure:
     """Loss and accuracy per iteration."""
-    figure = Figure(figsize=(10, 4))
+    figure = agg_figure(figsize=(10, 4))
     loss_axis, accuracy_axis = figure.subplots(1, 2)
     loss_axis.plot(range(len(loss)), loss, color="tab:blue")
     loss_axis.set(xlabel="iteration", ylabel="cross-entropy loss", title="Training loss")
@@ -47,7 +54,7 @@ def training_curves_figure(
 
 def confusion_matrix_figure(matrix: Sequence[Sequence[int]], labels: Sequence[str]) -> Figure:
     """Annotated confusion matrix (rows: true class, columns: predicted class)."""
-    figure = Figure(figsize=(1.2 * len(labels) + 3, 1.2 * len(labels) + 2.5))
+    figure = agg_figure(figsize=(1.2 * len(labels) + 3, 1.2 * len(labels) + 2.5))
     axis = figure.subplots()
     image = axis.imshow(matrix, cmap="Blues")
     figure.colorbar(image, ax=axis)
@@ -71,18 +78,26 @@ def confusion_matrix_figure(matrix: Sequence[Sequence[int]], labels: Sequence[st
 
 
 def circuit_figure(circuit: QuantumCircuit) -> Figure:
-    """Circuit diagram (Qiskit's matplotlib drawer); release it with :func:`close`."""
-    with PYPLOT_LOCK:
-        figure = circuit.draw(output="mpl", fold=40)
-    assert isinstance(figure, Figure)
+    """Circuit diagram (Qiskit's matplotlib drawer) on a figure the size of the drawing."""
+    # On a given Axes the drawer fits the drawing to the Axes' width: a first drawing measures
+    # it, the second fills a figure of its size at the drawer's usual font size.
+    measured = agg_figure().add_axes((0, 0, 1, 1))
+    circuit.draw(output="mpl", fold=40, ax=measured)
+    (left, right), (bottom, top) = measured.get_xlim(), measured.get_ylim()
+    size = (
+        abs(right - left) * _QISKIT_INCHES_PER_UNIT,
+        abs(top - bottom) * _QISKIT_INCHES_PER_UNIT,
+    )
+    figure = agg_figure(figsize=size)
+    circuit.draw(output="mpl", fold=40, ax=figure.add_axes((0, 0, 1, 1)))
     return figure
 
 
 def png(figure: Figure, tight: bool = False) -> bytes:
-    """Render a figure as PNG and release it.
+    """Render a figure as PNG.
 
     Args:
-        figure: The figure (closed afterwards).
+        figure: The figure (not registered anywhere: it is freed with its last reference).
         tight: Crop to the drawn content (one more layout pass; figures made here already
             lay themselves out, the circuit drawer's do not).
 
@@ -90,10 +105,7 @@ def png(figure: Figure, tight: bool = False) -> bytes:
         The PNG bytes.
     """
     buffer = io.BytesIO()
-    try:
-        figure.savefig(buffer, format="png", dpi=PNG_DPI, bbox_inches="tight" if tight else None)
-    finally:
-        close(figure)
+    figure.savefig(buffer, format="png", dpi=PNG_DPI, bbox_inches="tight" if tight else None)
     return buffer.getvalue()
 
 
@@ -105,9 +117,3 @@ def circuit_png(spec: CircuitSpec) -> bytes:
     circuit in every run that varies only seeds or training settings.
     """
     return png(circuit_figure(spec.circuit()), tight=True)
-
-
-def close(figure: Figure) -> None:
-    """Release a figure's memory (unregister it from pyplot if it was made there)."""
-    with PYPLOT_LOCK:
-        plt.close(figure)

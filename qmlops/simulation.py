@@ -18,7 +18,7 @@ Two engines compute the same numbers:
 
 Threads: ``simulator_threads=0`` (the default) resolves, when the evaluator is built, to the
 cores this process may use capped by the current ``threadpoolctl`` limit
-(:func:`qmlops.statevector.resolve_threads`). The numpy engine splits large batches over that
+(:func:`qmlops.concurrency.resolve_threads`). The numpy engine splits large batches over that
 many worker threads (holding BLAS at one thread meanwhile); small batches run on the calling
 thread, where its matrix products follow threadpoolctl. Aer gets the count as
 ``max_parallel_threads``.
@@ -39,6 +39,7 @@ import numpy as np
 from qiskit.quantum_info import SparsePauliOp
 
 from qmlops.circuits import COMPLEX_BYTES, CircuitSpec
+from qmlops.concurrency import resolve_threads, single_threaded_blas
 from qmlops.errors import ConfigurationError, InputError, SimulationError
 from qmlops.statevector import (
     FusedProgram,
@@ -51,9 +52,7 @@ from qmlops.statevector import (
     fuse_program,
     group_matrices,
     parallel_map,
-    resolve_threads,
     run_fused,
-    single_threaded_blas,
 )
 
 __all__ = ["BACKENDS", "CircuitEvaluator", "EvaluationCounters", "UnsupportedCircuitError"]

@@ -19,17 +19,14 @@ Two ways to run a program:
 When every operation of a program is real (``ry``, ``cx``...), it runs on the float64 view of
 the complex array, halving the arithmetic. Matrix products use numpy's BLAS; when the engine
 runs blocks on its own worker threads it holds BLAS at one thread
-(:func:`single_threaded_blas`), so the two do not oversubscribe the cores.
+(:func:`qmlops.concurrency.single_threaded_blas`), so the two do not oversubscribe the cores.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
 import math
-import os
-import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -47,51 +44,6 @@ _ROTATIONS = ("rx", "ry", "rz", "p")
 
 class UnsupportedCircuitError(ConfigurationError):
     """The numpy engine cannot simulate this circuit (use the Aer backend)."""
-
-
-# -- thread budget ------------------------------------------------------------------------
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return max(1, len(os.sched_getaffinity(0)))
-    except AttributeError:  # pragma: no cover - not on Linux
-        return max(1, os.cpu_count() or 1)
-
-
-def threadpool_limit() -> int | None:
-    """The smallest thread limit threadpoolctl reports for a threaded BLAS or OpenMP library.
-
-    ``threadpoolctl.threadpool_limits(n)`` (or ``OMP_NUM_THREADS``/``OPENBLAS_NUM_THREADS``)
-    lowers it; ``None`` if no such library is loaded.
-    """
-    from threadpoolctl import threadpool_info
-
-    limits = [
-        int(info["num_threads"])
-        for info in threadpool_info()
-        if info.get("threading_layer") != "disabled" and info.get("num_threads")
-    ]
-    return min(limits) if limits else None
-
-
-def resolve_threads(requested: int) -> int:
-    """Threads a simulation may use.
-
-    Args:
-        requested: A positive count is used as given; ``0`` means automatic: the cores this
-            process may use, capped by the current threadpoolctl limit (so a caller that runs
-            several trainings at once under ``threadpool_limits(1)`` gets one thread each).
-
-    Returns:
-        At least 1.
-    """
-    if requested > 0:
-        return int(requested)
-    limit = threadpool_limit()
-    cores = available_cores()
-    return max(1, cores if limit is None else min(cores, limit))
 
 
 # -- compiled programs --------------------------------------------------------------------
@@ -811,33 +763,3 @@ def run_fused(
     if psi.shape[0] != m_points:
         psi = np.broadcast_to(psi, (m_points, dim, columns)).copy()
     return psi
-
-
-_blas_lock = threading.Lock()
-_blas_users = 0
-_blas_limiter: Any = None
-
-
-@contextlib.contextmanager
-def single_threaded_blas() -> Iterator[None]:
-    """Hold numpy's BLAS at one thread while the engine runs its own worker threads.
-
-    The engine's worker threads each call BLAS; a threaded BLAS inside each of them would
-    oversubscribe the cores. threadpoolctl's limits are process-wide, so concurrent users share
-    one limit: the first sets it, the last restores what was there before.
-    """
-    global _blas_users, _blas_limiter
-    from threadpoolctl import threadpool_limits
-
-    with _blas_lock:
-        if _blas_users == 0:
-            _blas_limiter = threadpool_limits(limits=1, user_api="blas")
-        _blas_users += 1
-    try:
-        yield
-    finally:
-        with _blas_lock:
-            _blas_users -= 1
-            if _blas_users == 0:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None

@@ -11,12 +11,10 @@ import math
 from collections.abc import Sequence
 from typing import Any, Literal
 
-import matplotlib
+from matplotlib.figure import Figure
 
-matplotlib.use("Agg")
-from matplotlib.figure import Figure  # noqa: E402
-
-from qmlops.metrics import METRIC_NAMES  # noqa: E402
+from qmlops.metrics import METRIC_NAMES
+from qmlops.plots import agg_figure
 
 SelectionMetric = Literal[
     "test_accuracy",
@@ -130,7 +128,7 @@ def _label(row: dict[str, Any]) -> str:
 def _scatter(
     rows: Sequence[dict[str, Any]], x: str, xlabel: str, metric: str, title: str
 ) -> Figure:
-    figure = Figure(figsize=(6, 4.5))
+    figure = agg_figure(figsize=(6, 4.5))
     axis = figure.subplots()
     done = [r for r in rows if _usable(r.get(x)) and _usable(r.get(metric))]
     axis.scatter([r[x] for r in done], [r[metric] for r in done], color="tab:blue")
@@ -160,7 +158,7 @@ def accuracy_vs_time_figure(
 
 def loss_curves_figure(outcomes: Sequence[dict[str, Any]]) -> Figure:
     """Training loss per iteration of every completed configuration, overlaid."""
-    figure = Figure(figsize=(7, 4.5))
+    figure = agg_figure(figsize=(7, 4.5))
     axis = figure.subplots()
     for result in outcomes:
         if result["loss_curve"]:

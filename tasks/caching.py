@@ -25,7 +25,7 @@ from prefect.settings import get_current_settings
 from prefect.transactions import IsolationLevel
 from pydantic import BaseModel
 
-from qmlops.checkpoint import canonical_digest, code_version
+from qmlops.hashing import canonical_digest, code_version
 
 T = TypeVar("T")
 _POLL_S = 0.1

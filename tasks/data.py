@@ -12,8 +12,8 @@ from prefect.cache_policies import NO_CACHE
 from sklearn.pipeline import Pipeline
 
 from qmlops import data as core_data
-from qmlops.checkpoint import array_digest
 from qmlops.config import DatasetConfig
+from qmlops.hashing import array_digest
 from qmlops.preprocessing import Splits, make_preprocessor, split_dataset
 from tasks.policy import RETRIES, RETRY_DELAY_SECONDS, retry_if_transient
 

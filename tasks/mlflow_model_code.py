@@ -17,9 +17,9 @@ class QuantumClassifierModel(PythonModel):
 
     def load_context(self, context):
         """Load and verify the model document."""
-        from qmlops.model import QuantumModel
+        from qmlops.model import DeployedModel
 
-        self.model = QuantumModel.load(context.artifacts["model_document"])
+        self.model = DeployedModel.load(context.artifacts["model_document"])
 
     # A DataFrame hint: MLflow derives no schema from it (the logged signature rules) and does
     # not warn about a missing hint on every log and load.

@@ -541,9 +541,9 @@ def log_model(
     with tempfile.TemporaryDirectory() as folder:
         document_path = Path(folder) / "model.json"
         document_path.write_text(json.dumps(document))
-        from qmlops.model import QuantumModel
+        from qmlops.model import DeployedModel
 
-        loaded = QuantumModel(document)
+        loaded = DeployedModel(document)
         output = loaded.predict_frame(example)
         mlflow.set_tracking_uri(run.tracking_uri)
         logged = mlflow.initialize_logged_model(

@@ -17,7 +17,7 @@ from sklearn.datasets import make_classification
 from qmlops import QuantumClassifier
 from qmlops.errors import ConfigurationError, DatasetError, ModelFormatError
 from qmlops.metrics import METRIC_NAMES, classification_metrics, evaluate_classifier
-from qmlops.model import QuantumModel, model_document
+from qmlops.model import DeployedModel, model_document
 from qmlops.preprocessing import (
     AngleEncoder,
     make_preprocessor,
@@ -57,7 +57,7 @@ def trained():
 def test_model_predicts_like_its_parts(trained) -> None:
     dataset, splits, preprocessor, clf = trained
     document = json.loads(json.dumps(model_document(preprocessor, clf, dataset.feature_names)))
-    model = QuantumModel(document)
+    model = DeployedModel(document)
     frame = pd.DataFrame(splits.X_test, columns=list(dataset.feature_names))
     expected = clf.predict(preprocessor.transform(splits.X_test))
     np.testing.assert_array_equal(model.predict(frame), expected)
@@ -72,7 +72,7 @@ def test_model_predicts_like_its_parts(trained) -> None:
 
 def test_model_selects_columns_by_name(trained) -> None:
     dataset, splits, preprocessor, clf = trained
-    model = QuantumModel(model_document(preprocessor, clf, dataset.feature_names))
+    model = DeployedModel(model_document(preprocessor, clf, dataset.feature_names))
     frame = pd.DataFrame(splits.X_test, columns=list(dataset.feature_names))
     shuffled = frame[list(reversed(frame.columns))].assign(extra=1.0)
     np.testing.assert_array_equal(model.predict(shuffled), model.predict(frame))
@@ -82,22 +82,22 @@ def test_model_load_from_file(trained, tmp_path) -> None:
     dataset, splits, preprocessor, clf = trained
     path = tmp_path / "model.json"
     path.write_text(json.dumps(model_document(preprocessor, clf, dataset.feature_names)))
-    model = QuantumModel.load(path)
+    model = DeployedModel.load(path)
     np.testing.assert_array_equal(
         model.predict(splits.X_test), clf.predict(preprocessor.transform(splits.X_test))
     )
     path.write_text("{not json")
     with pytest.raises(ModelFormatError, match="cannot read model file"):
-        QuantumModel.load(path)
+        DeployedModel.load(path)
 
 
 def test_tampered_weight_fails_integrity_check(trained) -> None:
     dataset, _, preprocessor, clf = trained
     document = copy.deepcopy(model_document(preprocessor, clf, dataset.feature_names))
-    QuantumModel(copy.deepcopy(document))  # intact: loads
+    DeployedModel(copy.deepcopy(document))  # intact: loads
     document["body"]["classifier"]["weights"][0] += 1e-6
     with pytest.raises(ModelFormatError, match="integrity check"):
-        QuantumModel(document)
+        DeployedModel(document)
 
 
 def test_tampered_preprocessor_fails_integrity_check(trained) -> None:
@@ -105,17 +105,17 @@ def test_tampered_preprocessor_fails_integrity_check(trained) -> None:
     document = copy.deepcopy(model_document(preprocessor, clf, dataset.feature_names))
     document["body"]["preprocessor"]["mean"][1] = 0.0
     with pytest.raises(ModelFormatError, match="integrity check"):
-        QuantumModel(document)
+        DeployedModel(document)
 
 
 def test_not_a_model_document() -> None:
     with pytest.raises(ModelFormatError, match="not a qmlops model document"):
-        QuantumModel({"weights": [1, 2]})
+        DeployedModel({"weights": [1, 2]})
 
 
 def test_missing_feature_columns(trained) -> None:
     dataset, splits, preprocessor, clf = trained
-    model = QuantumModel(model_document(preprocessor, clf, dataset.feature_names))
+    model = DeployedModel(model_document(preprocessor, clf, dataset.feature_names))
     frame = pd.DataFrame(splits.X_test, columns=list(dataset.feature_names))
     with pytest.raises(DatasetError, match=r"lacks the model's feature columns \['f2'\]"):
         model.predict(frame.drop(columns=["f2"]))
@@ -123,7 +123,7 @@ def test_missing_feature_columns(trained) -> None:
 
 def test_wrong_width_and_nan_rows_rejected(trained) -> None:
     dataset, splits, preprocessor, clf = trained
-    model = QuantumModel(model_document(preprocessor, clf, dataset.feature_names))
+    model = DeployedModel(model_document(preprocessor, clf, dataset.feature_names))
     with pytest.raises(DatasetError, match="expected 4 feature columns"):
         model.predict(splits.X_test[:, :3])
     bad = splits.X_test.copy()
@@ -304,7 +304,7 @@ def test_circuit_diagram_is_drawn_once_per_circuit_description() -> None:
     assert other != first
 
 
-def test_png_renders_and_releases_the_figure() -> None:
+def test_png_renders_without_registering_figures_in_pyplot() -> None:
     import matplotlib.pyplot as plt
 
     from qmlops import plots
@@ -312,12 +312,32 @@ def test_png_renders_and_releases_the_figure() -> None:
 
     open_before = set(plt.get_fignums())
     circuit = plots.circuit_figure(CircuitSpec(n_qubits=2, n_classes=2, ansatz_reps=1).circuit())
-    assert set(plt.get_fignums()) - open_before  # Qiskit's drawer registers it with pyplot
+    assert set(plt.get_fignums()) == open_before  # Qiskit drew on our Axes, not through pyplot
     image = plots.png(circuit, tight=True)
     assert image.startswith(b"\x89PNG\r\n\x1a\n")
     curves = plots.png(plots.training_curves_figure([1.0, 0.5], [0.5, 0.75], [0.5, 0.7]))
     assert curves.startswith(b"\x89PNG\r\n\x1a\n")
     assert set(plt.get_fignums()) == open_before
+
+
+def test_the_figures_leave_the_process_matplotlib_backend_alone() -> None:
+    # Given a process that chose its own backend, when it imports and draws every figure
+    script = """
+import matplotlib
+matplotlib.use("svg")
+from qmlops import plots, sweep_report
+from qmlops.circuits import CircuitSpec
+assert plots.circuit_png(CircuitSpec(n_qubits=2, n_classes=2)).startswith(b"\\x89PNG")
+outcomes = [sweep_report.outcome("c000", {}, loss_curve=[1.0, 0.5])]
+plots.png(sweep_report.loss_curves_figure(outcomes))
+print(matplotlib.get_backend())
+"""
+    completed = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=300
+    )
+    # Then its backend is still the one it chose
+    assert completed.returncode == 0, completed.stderr[-3000:]
+    assert completed.stdout.strip() == "svg"
 
 
 def test_figures_render_from_many_threads_at_once() -> None:

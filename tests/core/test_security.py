@@ -11,11 +11,11 @@ import pytest
 from core_data import blobs
 
 from qmlops import QuantumClassifier
-from qmlops.checkpoint import canonical_digest
 from qmlops.config import DatasetConfig
 from qmlops.data import load_dataset, resolve_data_path
 from qmlops.errors import ModelFormatError, UnsafePathError
-from qmlops.model import QuantumModel, model_document, read_model_document, verify_model_document
+from qmlops.hashing import canonical_digest
+from qmlops.model import DeployedModel, model_document, read_model_document, verify_model_document
 from qmlops.preprocessing import make_preprocessor
 
 CSV = "a,b,label\n" + "".join(f"{i},{i % 3},{'x' if i % 2 else 'y'}\n" for i in range(20))
@@ -91,9 +91,9 @@ def test_tampered_model_documents_are_refused(tmp_path: Path) -> None:
     path = tmp_path / "model.json"
     path.write_text(json.dumps(altered_weights))
     with pytest.raises(ModelFormatError, match="integrity"):
-        QuantumModel.load(path)
+        DeployedModel.load(path)
     path.write_text(json.dumps(document)[:-10])
     with pytest.raises(ModelFormatError, match="cannot read"):
         read_model_document(path)
     path.write_text(json.dumps(document))
-    assert QuantumModel.load(path).classes == ["0", "1"]
+    assert DeployedModel.load(path).classes == ["0", "1"]

@@ -284,7 +284,7 @@ def test_a_call_too_small_for_worker_threads_runs_as_one_block(
 def test_automatic_threads_follow_threadpoolctl_limits() -> None:
     from threadpoolctl import threadpool_limits
 
-    from qmlops.statevector import available_cores, resolve_threads
+    from qmlops.concurrency import available_cores, resolve_threads
 
     spec = CircuitSpec(n_qubits=2, n_classes=2)
     assert resolve_threads(3) == 3

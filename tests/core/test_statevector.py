@@ -12,6 +12,7 @@ from qiskit.quantum_info import Operator
 
 import qmlops.simulation as simulation
 from qmlops.circuits import ANSATZE, ENTANGLEMENTS, CircuitSpec
+from qmlops.concurrency import single_threaded_blas
 from qmlops.simulation import CircuitEvaluator
 from qmlops.statevector import (
     LocalStage,
@@ -20,7 +21,6 @@ from qmlops.statevector import (
     fuse_program,
     run_fused,
     run_program,
-    single_threaded_blas,
 )
 
 

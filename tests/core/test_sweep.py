@@ -4,22 +4,12 @@ from __future__ import annotations
 
 import json
 import re
-import sys
 from pathlib import Path
 
 import pytest
 
 from qmlops.errors import ConfigurationError
-from qmlops.sweep import (
-    expand,
-    load_space,
-    override_axes,
-    parse_space,
-    split_seed,
-    switch_interval,
-    threads_per_training,
-    training_cost,
-)
+from qmlops.search_space import expand, load_space, override_axes, parse_space, split_seed
 from qmlops.sweep_report import comparison_rows, outcome, select_best, selection_rule
 
 ISSUE_EXAMPLE = """
@@ -127,39 +117,6 @@ def test_split_seed_defaults_to_the_fixed_seed() -> None:
     assert split_seed(parse_space({"seed": 7})) == 7
     assert split_seed(parse_space({"grid": {"seed": [1, 2]}})) == 42
     assert split_seed(parse_space({"seed": 7, "split_seed": 3})) == 3
-
-
-def test_cores_are_shared_out_between_concurrent_trainings() -> None:
-    assert threads_per_training(2, 2) == 1
-    assert threads_per_training(1, 2) == 2
-    assert threads_per_training(8, 2) == 1
-    assert threads_per_training(2, None) == 1
-
-
-def test_switch_interval_is_set_inside_the_block_and_restored_after() -> None:
-    default = sys.getswitchinterval()
-    with switch_interval(1e-4):
-        assert sys.getswitchinterval() == pytest.approx(1e-4)
-    assert sys.getswitchinterval() == default
-    with pytest.raises(RuntimeError), switch_interval(2e-4):
-        raise RuntimeError("a failing training")
-    assert sys.getswitchinterval() == default
-    with switch_interval(None):
-        assert sys.getswitchinterval() == default
-
-
-def test_training_cost_grows_with_steps_qubits_and_depth() -> None:
-    from qmlops import QuantumClassifier
-
-    def cost(n_qubits: int = 4, **params: object) -> float:
-        classifier = QuantumClassifier(**params)  # type: ignore[arg-type]
-        return training_cost(*classifier.plan(100, 0, n_qubits, 2))
-
-    base = cost(ansatz_reps=2, maxiter=100)
-    assert cost(ansatz_reps=2, maxiter=200) == pytest.approx(2 * base, rel=0.05)
-    assert cost(ansatz_reps=3, maxiter=100) > base
-    assert cost(6, ansatz_reps=2, maxiter=100) > 4 * base
-    assert cost(ansatz_reps=2, maxiter=100, optimizer="spsa") < base  # 3 circuits a step
 
 
 def _outcomes() -> list[dict]:

@@ -22,10 +22,14 @@ import pytest
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from services import RunningService, free_port, prefect_server_env, ray_head
+from threadpoolctl import threadpool_info
 
 from flows.sweep import sweep
+from qmlops.classifier import QuantumClassifier
+from qmlops.concurrency import available_cores, threads_per_training
 from qmlops.config import TrackingConfig
-from qmlops.sweep import SweepExecution, load_space, parse_space
+from qmlops.search_space import SweepExecution, load_space, parse_space
+from tasks.runners import SHARED_INTERPRETER_SWITCH_INTERVAL_S
 
 SPACE_YAML = """
 dataset: moons
@@ -71,20 +75,62 @@ def space_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def thread_sweep(
     prefect_harness: None, space_file: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> dict[str, Any]:
-    """The 4-configuration sweep under the thread runner (run once, checked by two tests)."""
+    """The 4-configuration sweep under the thread runner (run once, checked by several tests).
+
+    Each training records, when its ``fit`` starts, the thread limits and the switch interval
+    it runs under (``observed_in_fit``).
+    """
     folder = tmp_path_factory.mktemp("threads")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
+    observed: list[dict[str, Any]] = []
+    fit = QuantumClassifier.fit
+
+    def observing_fit(self: QuantumClassifier, *args: Any, **kwargs: Any) -> Any:
+        observed.append(
+            {
+                "switch_interval": sys.getswitchinterval(),
+                **{api: _thread_limits(api) for api in ("openmp", "blas")},
+            }
+        )
+        return fit(self, *args, **kwargs)
+
     # Train from scratch into a folder of this test, not into the working directory's
     # checkpoints (an earlier session's final checkpoints would let every training resume).
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("QMLOPS_CHECKPOINT_DIR", str(folder / "checkpoints"))
-        return sweep(
+        patch.setattr(QuantumClassifier, "fit", observing_fit)
+        result = sweep(
             space=load_space(space_file),
             execution=SweepExecution(runner="threads", max_parallel=2),
             tracking=TrackingConfig(
                 experiment="sweep-test", tracking_uri=uri, register_model=False
             ),
         )
+    return {**result, "observed_in_fit": observed}
+
+
+def _thread_limits(user_api: str) -> set[int]:
+    return {
+        int(info["num_threads"])
+        for info in threadpool_info()
+        if info["user_api"] == user_api and info.get("threading_layer") != "disabled"
+    }
+
+
+def test_thread_sweep_trains_inside_its_thread_budget_and_switch_interval(
+    thread_sweep: dict,
+) -> None:
+    # Given 2 configurations at a time, each may use its share of the cores
+    threads = threads_per_training(2, available_cores())
+
+    # Then every training ran under that budget and the shortened switch interval, not only
+    # were they restored after (on one core the budget equals the default and proves less)
+    observed = thread_sweep["observed_in_fit"]
+    assert len(observed) == 4
+    for seen in observed:
+        assert seen["switch_interval"] == pytest.approx(SHARED_INTERPRETER_SWITCH_INTERVAL_S)
+        assert seen["openmp"] == {threads}  # set in the training's own thread
+        assert seen["blas"] == {threads}  # set once, process-wide, around all trainings
 
 
 def test_thread_sweep_records_parent_children_and_comparison(thread_sweep: dict) -> None:
@@ -224,7 +270,7 @@ def test_ray_sweep_matches_the_thread_sweep(
 
 def test_a_refused_ray_token_is_a_configuration_error_and_an_outage_is_not() -> None:
     from qmlops.errors import ConfigurationError
-    from tasks.sweep import RayUnavailableError, join_error
+    from tasks.ray_runner import RayUnavailableError, join_error
 
     # Ray 2.60 puts the refusal in the message of the ConnectionError's cause
     refused = ConnectionError("Failed to connect to Ray cluster at 10.0.0.5:6379")
@@ -244,7 +290,7 @@ def test_a_refused_ray_token_is_a_configuration_error_and_an_outage_is_not() -> 
 
 
 def test_joining_an_address_where_nothing_listens_fails_at_once() -> None:
-    from tasks.sweep import RaySession, RayUnavailableError
+    from tasks.ray_runner import RaySession, RayUnavailableError
 
     address = f"127.0.0.1:{free_port()}"
     session = RaySession(
@@ -401,7 +447,7 @@ def test_sweep_weekly_deployment_parameters_validate_against_the_flow() -> None:
     import yaml
     from prefect.utilities.callables import parameter_schema
 
-    from qmlops.sweep import SearchSpace, expand
+    from qmlops.search_space import SearchSpace, expand
 
     project = yaml.safe_load((Path(__file__).parents[2] / "prefect.yaml").read_text())
     (deployment,) = [d for d in project["deployments"] if d["name"] == "sweep-weekly"]
@@ -420,7 +466,7 @@ def test_sweep_weekly_deployment_parameters_validate_against_the_flow() -> None:
 
 def test_ray_without_a_prefect_server_is_refused_before_anything_runs() -> None:
     from qmlops.errors import ConfigurationError
-    from tasks.sweep import make_task_runner
+    from tasks.runners import make_task_runner
 
     with pytest.raises(ConfigurationError, match="needs a Prefect server"):
         make_task_runner(SweepExecution(runner="ray"), None)
@@ -433,7 +479,8 @@ def test_ray_runner_joins_a_given_cluster_or_starts_its_own(
 ) -> None:
     from prefect_ray import RayTaskRunner
 
-    from tasks.sweep import make_task_runner, ray_init_arguments
+    from tasks.ray_runner import ray_init_arguments
+    from tasks.runners import make_task_runner
 
     api = "http://127.0.0.1:4200/api"
     monkeypatch.delenv("RAY_ADDRESS", raising=False)
@@ -471,7 +518,7 @@ def test_ray_session_starts_ray_in_the_background_with_the_workers_environment(
 ) -> None:
     import ray
 
-    from tasks.sweep import sweep_ray
+    from tasks.ray_runner import sweep_ray
 
     # Given no PREFECT_API_URL in this process (the API comes from the flow's settings)
     monkeypatch.delenv("PREFECT_API_URL", raising=False)

@@ -18,7 +18,7 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from flows.train import train
 from qmlops.config import CircuitConfig, DatasetConfig, TrackingConfig, TrainingConfig
 from qmlops.errors import DatasetError
-from qmlops.model import QuantumModel
+from qmlops.model import DeployedModel
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
@@ -115,7 +115,7 @@ def test_registered_model_predicts_the_same_in_a_fresh_process(
             )
         ).read_text()
     )
-    in_process = QuantumModel(document)
+    in_process = DeployedModel(document)
     rows = pd.DataFrame(
         np.random.default_rng(0).normal(size=(25, 2)), columns=in_process.feature_names
     )

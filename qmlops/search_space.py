@@ -1,4 +1,4 @@
-"""Search spaces for sweeps: parse a YAML/JSON space, expand it into validated configurations.
+"""A sweep's parameters: the search space, its validated configurations, and how they run.
 
 A space file holds fixed settings at the top, axes to vary under ``grid:`` (every combination
 is run) and, optionally, a ``random:`` section with a sample count, a seed and one distribution
@@ -28,6 +28,10 @@ varies only the training (initial weights, mini-batches, shot noise).
 
 Noise is not an axis yet: no noise model exists in the core. When one is added to
 :class:`~qmlops.config.TrainingConfig`, list it in :data:`AXES`.
+
+How the configurations run (task runner, parallelism, the metric that picks the best) is
+:class:`SweepExecution`; the order they start in comes from :mod:`qmlops.scheduling` and the
+threads each may use from :mod:`qmlops.concurrency`.
 """
 
 from __future__ import annotations
@@ -35,10 +39,6 @@ from __future__ import annotations
 import itertools
 import json
 import math
-import os
-import sys
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Literal
 
@@ -46,7 +46,6 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from qmlops.circuits import CircuitSpec, ResourceEstimate
 from qmlops.config import CircuitConfig, DatasetConfig, TrainingConfig
 from qmlops.errors import ConfigurationError
 from qmlops.sweep_report import SelectionMetric
@@ -380,60 +379,6 @@ class SweepExecution(_Strict):
         "test_accuracy", description="Metric that picks the best configuration (highest wins)."
     )
     register_best: bool = Field(False, description="Register the best configuration's model.")
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on (its affinity mask, e.g. under taskset or a cgroup)."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):
-        return os.cpu_count() or 1
-
-
-def training_cost(spec: CircuitSpec, estimate: ResourceEstimate) -> float:
-    """Relative cost of a training, to start the longest ones first.
-
-    Circuit evaluations x amplitudes x circuit layers (feature map and ansatz repetitions plus
-    the readout): only the order matters, not the unit.
-    """
-    layers = spec.feature_map_reps + spec.ansatz_reps + 1
-    return float(estimate.circuit_evaluations) * 2.0**spec.n_qubits * layers
-
-
-def threads_per_training(max_parallel: int, cores: int | None) -> int:
-    """Simulator and BLAS threads each of ``max_parallel`` concurrent trainings may use.
-
-    The cores are shared out so that concurrent trainings do not oversubscribe the machine.
-    """
-    return max(1, (cores or 1) // max(1, max_parallel))
-
-
-#: Python's thread switch interval while trainings share one interpreter (the thread runner).
-#: A training thread gives up the GIL around every large numpy operation (about 30 times per
-#: Adam step at 8 qubits) and must win it back each time. Beside a thread running Python code
-#: (another configuration's MLflow logging, Prefect's client) each win waits up to the switch
-#: interval, 5 ms by default: a bare 8-qubit training ran 10x slower beside a busy Python
-#: thread, 1.3x at 0.1 ms, and two trainings on two threads went from 1.74x to 1.90x the speed
-#: of one after the other. Below 0.1 ms the forced switches cost pure-Python threads more.
-SHARED_INTERPRETER_SWITCH_INTERVAL_S = 1e-4
-
-
-@contextmanager
-def switch_interval(seconds: float | None) -> Iterator[None]:
-    """Set Python's thread switch interval (process-wide) inside the block, restore it after.
-
-    Args:
-        seconds: The interval (:func:`sys.setswitchinterval`); ``None`` leaves it as it is.
-    """
-    if seconds is None:
-        yield
-        return
-    previous = sys.getswitchinterval()
-    sys.setswitchinterval(seconds)
-    try:
-        yield
-    finally:
-        sys.setswitchinterval(previous)
 
 
 def override_axes(document: dict[str, Any], overrides: dict[str, list[Scalar]]) -> dict[str, Any]:
