@@ -422,6 +422,7 @@ def plain_script(params: dict[str, Any]) -> None:
     """The train flow's work without Prefect: the same core calls, MLflow logging and gate."""
     from qmlops.config import PromotionConfig
     from tasks import data, evaluation, tracking, training
+    from tasks.train_and_record import train_run_configs
 
     promotion = params.get("promotion", PromotionConfig())
     dataset, circuit, train, track = (
@@ -433,13 +434,7 @@ def plain_script(params: dict[str, Any]) -> None:
         prepared.X_train.shape[0], 0, prepared.X_train.shape[1], loaded.n_classes
     )
     run = tracking.start_tracking_run.fn(track.tracking_uri, track.experiment, "plain", {})
-    configs = {
-        "dataset": dataset.model_dump(),
-        "circuit": circuit.model_dump(),
-        "training": train.model_dump(),
-        "tracking": track.model_dump(exclude={"tracking_uri"}),
-        "promotion": promotion.model_dump(),
-    }
+    configs = train_run_configs(dataset, circuit, train, track, promotion)
     tracking.log_run_inputs.fn(run, configs, loaded)
     model = training.build_classifier(circuit, train)
     model.fit(prepared.X_train, prepared.raw.y_train)

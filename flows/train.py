@@ -26,7 +26,7 @@ from tasks.data import load_dataset, preprocess_features
 from tasks.evaluation import evaluate_models
 from tasks.reporting import publish_summary
 from tasks.tracking import flow_run_tags, prepare_tracking, promote_model, tracked_run
-from tasks.train_and_record import train_and_record
+from tasks.train_and_record import train_and_record, train_run_configs
 from tasks.training import (
     check_training_size,
     discard_checkpoints,
@@ -80,13 +80,7 @@ def train(
             prepared,
             circuit,
             training,
-            configs={
-                "dataset": dataset.model_dump(),
-                "circuit": circuit.model_dump(),
-                "training": training.model_dump(),
-                "tracking": tracking.model_dump(exclude={"tracking_uri"}),
-                "promotion": promotion.model_dump(),
-            },
+            configs=train_run_configs(dataset, circuit, training, tracking, promotion),
             baseline_evaluations=evaluate_models(baselines, prepared),
             model_name=tracking.model_name,
             register=tracking.register_model,

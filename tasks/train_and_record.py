@@ -15,7 +15,13 @@ from prefect import Task
 from prefect.states import State
 
 from qmlops.classifier import QuantumClassifier
-from qmlops.config import CircuitConfig, TrainingConfig
+from qmlops.config import (
+    CircuitConfig,
+    DatasetConfig,
+    PromotionConfig,
+    TrackingConfig,
+    TrainingConfig,
+)
 from qmlops.data import Dataset
 from tasks.data import PreparedData
 from tasks.evaluation import evaluate_models
@@ -51,6 +57,23 @@ class RecordedTraining:
     def resumed_from_iteration(self) -> int:
         """The checkpoint iteration the training resumed from (0: from scratch)."""
         return int(getattr(self.classifier, "resumed_from_", 0))
+
+
+def train_run_configs(
+    dataset: DatasetConfig,
+    circuit: CircuitConfig,
+    training: TrainingConfig,
+    tracking: TrackingConfig,
+    promotion: PromotionConfig,
+) -> dict[str, dict[str, Any]]:
+    """The configuration sections a ``train`` run logs as params (tracking without its URI)."""
+    return {
+        "dataset": dataset.model_dump(),
+        "circuit": circuit.model_dump(),
+        "training": training.model_dump(),
+        "tracking": tracking.model_dump(exclude={"tracking_uri"}),
+        "promotion": promotion.model_dump(),
+    }
 
 
 def train_and_record(
