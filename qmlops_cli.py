@@ -254,13 +254,13 @@ def _main_sweep(args: argparse.Namespace) -> int:
     except (InputError, ValidationError) as error:
         print(f"qmlops: invalid sweep:\n{error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from flows.foreground import foreground_run
+    from flows.heartbeats import without_flow_heartbeats
     from flows.sweep import sweep
     from tasks.ray_runner import RayUnavailableError
     from tasks.tracking import TrackingUnavailableError
 
     try:
-        with foreground_run():
+        with without_flow_heartbeats():
             result = sweep(**params)
     except InputError as error:
         print(f"qmlops: {type(error).__name__}: {error}", file=sys.stderr)
@@ -386,14 +386,14 @@ def main(argv: list[str] | None = None) -> int:
     except ValidationError as error:
         print(f"qmlops: invalid options:\n{error}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    from flows.foreground import foreground_run
+    from flows.heartbeats import without_flow_heartbeats
     from flows.score import score
     from flows.train import train
     from qmlops.errors import InputError
     from tasks.tracking import TrackingUnavailableError
 
     try:
-        with foreground_run():
+        with without_flow_heartbeats():
             result = score(**params) if scoring else train(**params, force=args.force)
     except InputError as error:
         print(f"qmlops: {type(error).__name__}: {error}", file=sys.stderr)

@@ -77,7 +77,7 @@ def space_document(maxiter: int, workload: str = "small") -> dict:
 def run_mode(
     mode: str, cores: int, maxiter: int, store: Path, workload: str = "small"
 ) -> tuple[float, list[dict]]:
-    from flows.foreground import foreground_run
+    from flows.heartbeats import without_flow_heartbeats
     from flows.sweep import sweep
     from qmlops.config import TrackingConfig
     from qmlops.search_space import SweepExecution, parse_space
@@ -95,7 +95,7 @@ def run_mode(
     # trainings resume at their last iteration (Ray's workers inherit this when Ray starts).
     os.environ["QMLOPS_CHECKPOINT_DIR"] = tempfile.mkdtemp(prefix="checkpoints-", dir=store)
     started = time.perf_counter()
-    with foreground_run():  # as `qmlops sweep` runs it: no flow-run heartbeats
+    with without_flow_heartbeats():  # as `qmlops sweep` runs it: no flow-run heartbeats
         result = sweep(
             space=parse_space(space_document(maxiter, workload)),
             execution=execution,

@@ -422,6 +422,7 @@ def plain_script(params: dict[str, Any]) -> None:
     """The train flow's work without Prefect: the same core calls, MLflow logging and gate."""
     from qmlops.config import PromotionConfig
     from tasks import data, evaluation, tracking, training
+    from tasks.train_and_record import train_run_configs
 
     promotion = params.get("promotion", PromotionConfig())
     dataset, circuit, train, track = (
@@ -433,13 +434,7 @@ def plain_script(params: dict[str, Any]) -> None:
         prepared.X_train.shape[0], 0, prepared.X_train.shape[1], loaded.n_classes
     )
     run = tracking.start_tracking_run.fn(track.tracking_uri, track.experiment, "plain", {})
-    configs = {
-        "dataset": dataset.model_dump(),
-        "circuit": circuit.model_dump(),
-        "training": train.model_dump(),
-        "tracking": track.model_dump(exclude={"tracking_uri"}),
-        "promotion": promotion.model_dump(),
-    }
+    configs = train_run_configs(dataset, circuit, train, track, promotion)
     tracking.log_run_inputs.fn(run, configs, loaded)
     model = training.build_classifier(circuit, train)
     model.fit(prepared.X_train, prepared.raw.y_train)
@@ -513,7 +508,7 @@ class Overhead:
 def orchestration_overhead(reps: int) -> Overhead:
     """Wall times of the flow, the plain script and Prefect's floor (alternating)."""
     with isolated_stores() as tracking_uri:
-        from flows.foreground import foreground_run
+        from flows.heartbeats import without_flow_heartbeats
         from flows.train import train
 
         params = demo_parameters(tracking_uri)
@@ -523,7 +518,7 @@ def orchestration_overhead(reps: int) -> Overhead:
         first = time.perf_counter() - started
         n_tasks = _count_task_runs(state.state_details.flow_run_id)
         floor_flow = prefect_floor_flow()
-        with foreground_run():
+        with without_flow_heartbeats():
             floor_flow(n_tasks)
         plain_script(params)  # warms MLflow's store and imports alike
         result = Overhead([], [], [], [], n_tasks, first)
@@ -537,7 +532,7 @@ def orchestration_overhead(reps: int) -> Overhead:
         for rep in range(reps):
             # force: no cached training or checkpoint resume, so both paths do the same work;
             # in the foreground, as `qmlops train` runs it (no flow-run heartbeats).
-            with foreground_run():
+            with without_flow_heartbeats():
                 timed(lambda: train(**params, force=True), result.flow)
                 timed(lambda: floor_flow(n_tasks), result.floor)
                 timed(lambda: floor_flow(0), result.empty)
@@ -699,7 +694,7 @@ def overhead_section(reps: int) -> str:
         "(no cached training, no checkpoint resume) and also persists its cached results, "
         "writes training checkpoints and publishes its Prefect summary artifact. Like `qmlops "
         "train`, the flows run in the foreground without Prefect's flow-run heartbeats "
-        "(`flows/foreground.py`): Prefect 3.8 joins its heartbeat thread, which sleeps in "
+        "(`flows/heartbeats.py`): Prefect 3.8 joins its heartbeat thread, which sleeps in "
         "one-second steps, at the end of every run, which cost about 1 s per run."
     )
 

@@ -11,14 +11,13 @@ from prefect.runtime import flow_run
 
 from qmlops.config import ScoringConfig
 from qmlops.scoring import check_output_path, write_table
-from tasks.hygiene import close_or_remember, prepare_tracking
 from tasks.scoring import check_input_columns, predict_batch, read_scoring_input
 from tasks.tracking import (
-    end_tracking_run,
     flow_run_tags,
     load_registered_model,
     log_predictions,
-    start_tracking_run,
+    prepare_tracking,
+    tracked_run,
 )
 
 
@@ -45,13 +44,12 @@ def score(scoring: ScoringConfig) -> dict[str, Any]:
     predictions = predict_batch(model.pyfunc, features)
 
     prepare_tracking(scoring.tracking_uri, scoring.experiment)
-    run = start_tracking_run(
+    with tracked_run(
         scoring.tracking_uri,
         scoring.experiment,
         run_name=str(flow_run.name or "score"),
         tags=flow_run_tags("score", model_uri=model.uri),
-    )
-    try:
+    ) as run:
         artifact = log_predictions(
             run,
             {
@@ -74,10 +72,6 @@ def score(scoring: ScoringConfig) -> dict[str, Any]:
             key="score-summary",
             description="qmlops batch scoring",
         )
-        end_tracking_run(run, "FINISHED")
-    except BaseException as error:
-        close_or_remember(run, error)  # KILLED on SIGTERM, FAILED otherwise
-        raise
     return {
         "run_id": run.run_id,
         "tracking_uri": run.tracking_uri,

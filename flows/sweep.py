@@ -29,18 +29,17 @@ from qmlops.search_space import SearchSpace, SweepConfiguration, SweepExecution,
 from qmlops.sweep_report import comparison_rows, outcome, select_best, selection_rule
 from tasks.data import load_dataset, preprocess_features
 from tasks.evaluation import evaluate_models
-from tasks.hygiene import close_or_remember, prepare_tracking
 from tasks.ray_runner import sweep_ray
 from tasks.runners import make_task_runner, shared_interpreter
 from tasks.sweep import configuration_task, data_key_label, estimated_cost
 from tasks.tracking import (
     TrackedRun,
-    end_tracking_run,
     flow_run_tags,
     log_sweep_comparison,
     log_sweep_inputs,
-    register_run_model,
-    start_tracking_run,
+    prepare_tracking,
+    register_best_model,
+    tracked_run,
 )
 from tasks.training import train_baselines
 
@@ -66,7 +65,7 @@ def _failure(state: Any) -> str:
 
 
 @flow(name="sweep-configurations", log_prints=True)
-def train_configurations(
+def sweep_configurations(
     configurations: list[SweepConfiguration],
     split_random_state: int,
     parent: TrackedRun,
@@ -183,13 +182,12 @@ def sweep(
         runner = make_task_runner(execution, api_url, ray_session)
         print(f"sweep: {len(configurations)} configurations, runner {execution.runner}")
         prepare_tracking(tracking.tracking_uri, tracking.experiment)
-        parent = start_tracking_run(
+        with tracked_run(
             tracking.tracking_uri,
             tracking.experiment,
             run_name=str(flow_run.name or "sweep"),
             tags=flow_run_tags("sweep", **{"sweep.runner": execution.runner}),
-        )
-        try:
+        ) as parent:
             seed = split_seed(space)
             log_sweep_inputs(
                 parent,
@@ -206,7 +204,7 @@ def sweep(
             )
             if ray_session is not None:
                 ray_session.wait()
-            results = train_configurations.with_options(task_runner=runner)(
+            results = sweep_configurations.with_options(task_runner=runner)(
                 configurations,
                 seed,
                 parent,
@@ -225,13 +223,9 @@ def sweep(
             publish_comparison(rows, best, rule)
             registered = None
             if best is not None and execution.register_best:
-                registered = register_run_model(parent, best["mlflow_run_id"], tracking.model_name)
+                registered = register_best_model(parent, best["mlflow_run_id"], tracking.model_name)
             if best is not None:
                 print(f"best configuration: {best['configuration']} {metric}={best[metric]:.3f}")
-            end_tracking_run(parent, "FINISHED")
-        except BaseException as error:
-            close_or_remember(parent, error)  # KILLED on SIGTERM, FAILED otherwise
-            raise
     return {
         "run_id": parent.run_id,
         "tracking_uri": parent.tracking_uri,

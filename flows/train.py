@@ -8,14 +8,11 @@ and everything MLflow are not, so every flow run leaves a complete MLflow run of
 
 from __future__ import annotations
 
-from typing import Any, cast
+from typing import Any
 
-from prefect import flow, task
-from prefect.cache_policies import NO_CACHE
+from prefect import flow
 from prefect.runtime import flow_run
-from prefect.states import State
 
-from qmlops.classifier import QuantumClassifier
 from qmlops.config import (
     CircuitConfig,
     DatasetConfig,
@@ -27,36 +24,15 @@ from qmlops.promotion import PromotionDecision
 from tasks.caching import cached
 from tasks.data import load_dataset, preprocess_features
 from tasks.evaluation import evaluate_models
-from tasks.hygiene import close_or_remember, prepare_tracking
 from tasks.reporting import publish_summary
-from tasks.tracking import (
-    end_tracking_run,
-    flow_run_tags,
-    log_evaluation,
-    log_model,
-    log_run_inputs,
-    log_training,
-    promote_model,
-    set_run_tags,
-    start_tracking_run,
-)
+from tasks.tracking import flow_run_tags, prepare_tracking, promote_model, tracked_run
+from tasks.train_and_record import train_and_record, train_run_configs
 from tasks.training import (
-    build_classifier,
+    check_training_size,
     discard_checkpoints,
     train_baselines,
     training_task,
 )
-
-
-@task(name="check-training-size", retries=0, cache_policy=NO_CACHE)
-def check_training_size(
-    prepared: Any, circuit: CircuitConfig, training: TrainingConfig, n_classes: int
-) -> None:
-    """Refuse oversized jobs before a tracking run is opened or a circuit is simulated."""
-    n_validation = 0 if prepared.X_val is None else prepared.X_val.shape[0]
-    build_classifier(circuit, training).plan(
-        prepared.X_train.shape[0], n_validation, prepared.X_train.shape[1], n_classes
-    )
 
 
 @flow(name="train", log_prints=True)
@@ -91,47 +67,29 @@ def train(
     if force:
         discard_checkpoints(prepared, circuit, training)
 
-    run = start_tracking_run(
+    with tracked_run(
         tracking.tracking_uri,
         tracking.experiment,
         run_name=str(flow_run.name or "train"),
         tags=flow_run_tags("train"),
-    )
-    try:
-        log_run_inputs(
-            run,
-            {
-                "dataset": dataset.model_dump(),
-                "circuit": circuit.model_dump(),
-                "training": training.model_dump(),
-                "tracking": tracking.model_dump(exclude={"tracking_uri"}),
-                "promotion": promotion.model_dump(),
-            },
-            data,
-        )
-        trained = cast(
-            State, training_task(training, force)(prepared, circuit, training, return_state=True)
-        )
-        classifier = cast(QuantumClassifier, trained.result())
-        training_cached = trained.name == "Cached"
-        set_run_tags(
-            run,
-            {
-                "qmlops.training_cached": str(training_cached).lower(),
-                "qmlops.resumed_from_iteration": str(getattr(classifier, "resumed_from_", 0)),
-            },
-        )
+    ) as run:
         baselines = cached(train_baselines, force)(prepared, training.random_state)
-        evaluations = evaluate_models({"quantum": classifier, **baselines}, prepared)
-        log_training(run, classifier)
-        log_evaluation(run, evaluations)
-        model = log_model(
+        recorded = train_and_record(
             run,
-            classifier,
+            data,
             prepared,
-            list(data.feature_names),
-            tracking.model_name,
-            tracking.register_model,
+            circuit,
+            training,
+            configs=train_run_configs(dataset, circuit, training, tracking, promotion),
+            baseline_evaluations=evaluate_models(baselines, prepared),
+            model_name=tracking.model_name,
+            register=tracking.register_model,
+            trainer=training_task(training, force),
+        )
+        classifier, evaluations, model = (
+            recorded.classifier,
+            recorded.evaluations,
+            recorded.model,
         )
         decision: PromotionDecision | None = None
         if model.registered_version:
@@ -152,11 +110,6 @@ def train(
                 "champion gate": "not registered" if decision is None else decision.summary(),
             },
         )
-        end_tracking_run(run, "FINISHED")
-    except BaseException as error:
-        # Also on SIGTERM (Prefect raises TerminationSignal here): the run ends KILLED.
-        close_or_remember(run, error)
-        raise
     return {
         "run_id": run.run_id,
         "tracking_uri": run.tracking_uri,
@@ -168,8 +121,8 @@ def train(
         "fit_time_s": classifier.fit_time_,
         "backend": classifier.backend_,
         "promotion": None if decision is None else decision.tags(),
-        "training_cached": training_cached,
-        "resumed_from_iteration": int(getattr(classifier, "resumed_from_", 0)),
+        "training_cached": recorded.training_cached,
+        "resumed_from_iteration": recorded.resumed_from_iteration,
     }
 
 

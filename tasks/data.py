@@ -15,7 +15,7 @@ from qmlops import data as core_data
 from qmlops.config import DatasetConfig
 from qmlops.hashing import array_digest
 from qmlops.preprocessing import Splits, make_preprocessor, split_dataset
-from tasks.policy import RETRIES, RETRY_DELAY_SECONDS, retry_if_transient
+from tasks.retry import retrying_task
 
 
 @dataclass(frozen=True)
@@ -42,13 +42,7 @@ def data_root() -> Path:
     return Path(os.environ.get(DATA_ROOT_ENV) or Path.cwd())
 
 
-@task(
-    name="load-dataset",
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAY_SECONDS,
-    retry_condition_fn=retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+@retrying_task
 def load_dataset(config: DatasetConfig) -> core_data.Dataset:
     """Load and validate the configured dataset (user files only from :func:`data_root`).
 

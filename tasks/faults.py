@@ -10,8 +10,9 @@ of ``<action>:<point>[:<iteration>]`` entries; nothing happens when it is unset.
 - ``pause``: write the marker file and wait until someone deletes it, then go on (a test
   changes the world meanwhile, e.g. stops the tracking server).
 
-Points: ``train`` (after the given training iteration is recorded), ``log-metrics`` (after
-the first batch of metrics is written), ``start-tracking`` (before the MLflow run opens).
+Code marks a point by calling :func:`inject` there. Points: ``train`` (after the given
+training iteration is recorded), ``log-metrics`` (after the first batch of metrics is
+written), ``start-tracking`` (before the MLflow run opens).
 """
 
 from __future__ import annotations
@@ -43,7 +44,7 @@ def _entries() -> list[tuple[str, str, int | None]]:
     return entries
 
 
-def checkpoint(point: str, iteration: int | None = None) -> None:
+def inject(point: str, iteration: int | None = None) -> None:
     """Trigger the faults configured for ``point`` (and ``iteration``), if any.
 
     Args:

@@ -11,16 +11,10 @@ from prefect.cache_policies import NO_CACHE
 from qmlops.data import read_table, resolve_data_path
 from qmlops.scoring import match_signature
 from tasks.data import data_root
-from tasks.policy import RETRIES, RETRY_DELAY_SECONDS, retry_if_transient
+from tasks.retry import retrying_task
 
 
-@task(
-    name="read-scoring-input",
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAY_SECONDS,
-    retry_condition_fn=retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+@retrying_task
 def read_scoring_input(path: str) -> pd.DataFrame:
     """Read the CSV or Parquet file to score; like training data, only from the data root.
 

@@ -1,10 +1,11 @@
 """Sweep tasks: train one configuration as a nested MLflow run (task runners: tasks/runners.py).
 
-``train_configuration`` is what the sweep fans out. It reuses the training, evaluation and
-tracking tasks of the ``train`` flow (they run as nested task runs), so every child run is as
-complete as a single training run. It runs in a worker thread (thread runner) or in a Ray
-worker process (``RayTaskRunner``), so everything it needs comes in as arguments and all it
-returns is a JSON-safe outcome (:func:`qmlops.sweep_report.outcome`).
+``train_configuration`` is what the sweep fans out. It trains and records through
+:func:`tasks.train_and_record.train_and_record`, the ``train`` flow's own path (its tasks run
+as nested task runs), so every child run is as complete as a single training run. It runs in
+a worker thread (thread runner) or in a Ray worker process (``RayTaskRunner``), so everything
+it needs comes in as arguments and all it returns is a JSON-safe outcome
+(:func:`qmlops.sweep_report.outcome`).
 """
 
 from __future__ import annotations
@@ -12,13 +13,11 @@ from __future__ import annotations
 import hashlib
 import math
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from qmlops.circuits import CircuitSpec, ResourceEstimate
-from qmlops.classifier import QuantumClassifier
 from qmlops.concurrency import training_threads
 from qmlops.config import DatasetConfig
 from qmlops.data import Dataset
@@ -27,27 +26,9 @@ from qmlops.scheduling import training_cost
 from qmlops.search_space import SweepConfiguration, SweepExecution
 from qmlops.sweep_report import outcome
 from tasks.data import PreparedData
-from tasks.evaluation import evaluate_models
-from tasks.hygiene import close_or_remember
-from tasks.tracking import (
-    TrackedRun,
-    end_tracking_run,
-    log_evaluation,
-    log_model,
-    log_run_inputs,
-    log_training,
-    start_child_run,
-)
-from tasks.training import build_classifier, train_classifier
-
-
-def _plan(
-    configuration: SweepConfiguration, prepared: PreparedData, n_classes: int
-) -> tuple[CircuitSpec, ResourceEstimate]:
-    n_validation = 0 if prepared.X_val is None else prepared.X_val.shape[0]
-    return build_classifier(configuration.circuit, configuration.training).plan(
-        prepared.X_train.shape[0], n_validation, prepared.X_train.shape[1], n_classes
-    )
+from tasks.tracking import TrackedRun, tracked_child_run
+from tasks.train_and_record import train_and_record
+from tasks.training import plan_training
 
 
 def estimated_cost(
@@ -59,7 +40,9 @@ def estimated_cost(
     once and is reported, holding up nothing.
     """
     try:
-        return training_cost(*_plan(configuration, prepared, n_classes))
+        return training_cost(
+            *plan_training(prepared, configuration.circuit, configuration.training, n_classes)
+        )
     except InputError:
         return math.inf
 
@@ -101,19 +84,23 @@ def train_configuration(
         The outcome record (metrics, time, circuit size, loss curve, child run id).
     """
     with training_threads(threads, whole_process=own_process):
-        _plan(configuration, prepared, dataset.n_classes)  # the size guard, before any run
-        child = start_child_run(
+        # The size guard, before any run opens.
+        plan_training(prepared, configuration.circuit, configuration.training, dataset.n_classes)
+        with tracked_child_run(
             parent,
             run_name=configuration.name,
             tags={
                 "sweep.configuration": configuration.name,
                 "sweep.parent_run_id": parent.run_id,
             },
-        )
-        try:
-            log_run_inputs(
+        ) as child:
+            recorded = train_and_record(
                 child,
-                {
+                dataset,
+                prepared,
+                configuration.circuit,
+                configuration.training,
+                configs={
                     "dataset": configuration.dataset.model_dump(),
                     "circuit": configuration.circuit.model_dump(),
                     "training": configuration.training.model_dump(),
@@ -123,31 +110,19 @@ def train_configuration(
                         "threads": threads,
                     },
                 },
-                dataset,
+                baseline_evaluations=baseline_evaluations,
+                model_name=model_name,
+                register=False,
             )
-            classifier = cast(
-                QuantumClassifier,
-                train_classifier(prepared, configuration.circuit, configuration.training),
-            )
-            evaluations = {
-                **evaluate_models({"quantum": classifier}, prepared),
-                **baseline_evaluations,
-            }
-            log_training(child, classifier)
-            log_evaluation(child, evaluations)
-            log_model(child, classifier, prepared, list(dataset.feature_names), model_name, False)
-            end_tracking_run(child, "FINISHED")
-        except BaseException as error:
-            close_or_remember(child, error)  # KILLED on SIGTERM, FAILED otherwise
-            raise
     from qmlops.circuits import circuit_summary
 
+    classifier = recorded.classifier
     validation = classifier.validation_accuracy_curve_
     return outcome(
         configuration.name,
         configuration.varied,
         run_id=child.run_id,
-        metrics=evaluations["quantum"]["metrics"],
+        metrics=recorded.evaluations["quantum"]["metrics"],
         validation_accuracy=validation[-1] if validation else None,
         training_time_s=classifier.fit_time_,
         size={

@@ -18,13 +18,14 @@ from prefect.logging import get_run_logger
 
 from qmlops.baselines import train_baselines as fit_baselines
 from qmlops.checkpoint import CheckpointStore, training_key
+from qmlops.circuits import CircuitSpec, ResourceEstimate
 from qmlops.classifier import QuantumClassifier
 from qmlops.config import ORCHESTRATION_FIELDS, CircuitConfig, TrainingConfig
 from qmlops.training import IterationRecord
 from tasks import faults
 from tasks.caching import cached
 from tasks.data import PreparedData
-from tasks.policy import RETRIES, RETRY_DELAY_SECONDS, retry_if_transient
+from tasks.retry import retrying_task
 
 PROGRESS_EVERY = 10
 PROGRESS_LINES = 20
@@ -53,6 +54,32 @@ def build_classifier(
     return QuantumClassifier(**params, **extra)
 
 
+def plan_training(
+    prepared: PreparedData, circuit: CircuitConfig, training: TrainingConfig, n_classes: int
+) -> tuple[CircuitSpec, ResourceEstimate]:
+    """The size guard: check a training against its data's shape, simulating nothing.
+
+    Returns:
+        The circuit description and the resource estimate (see ``QuantumClassifier.plan``).
+
+    Raises:
+        ConfigurationError: For invalid hyper-parameters.
+        SizeLimitError: If the job exceeds the size guard.
+    """
+    n_validation = 0 if prepared.X_val is None else prepared.X_val.shape[0]
+    return build_classifier(circuit, training).plan(
+        prepared.X_train.shape[0], n_validation, prepared.X_train.shape[1], n_classes
+    )
+
+
+@task(name="check-training-size", retries=0, cache_policy=NO_CACHE)
+def check_training_size(
+    prepared: PreparedData, circuit: CircuitConfig, training: TrainingConfig, n_classes: int
+) -> None:
+    """Refuse oversized jobs before a tracking run is opened or a circuit is simulated."""
+    plan_training(prepared, circuit, training, n_classes)
+
+
 def checkpoint_dir() -> Path:
     """Root of all training checkpoints: ``$QMLOPS_CHECKPOINT_DIR`` or ``./.qmlops/checkpoints``."""
     return Path(os.environ.get(CHECKPOINT_DIR_ENV) or Path.cwd() / ".qmlops" / "checkpoints")
@@ -70,13 +97,7 @@ def checkpoint_store(
     return CheckpointStore(checkpoint_dir(), key, every=training.checkpoint_every)
 
 
-@task(
-    name="train-classifier",
-    retries=RETRIES,
-    retry_delay_seconds=RETRY_DELAY_SECONDS,
-    retry_condition_fn=retry_if_transient,
-    cache_policy=NO_CACHE,
-)
+@retrying_task
 def train_classifier(
     prepared: PreparedData, circuit: CircuitConfig, training: TrainingConfig
 ) -> QuantumClassifier:
@@ -99,7 +120,7 @@ def train_classifier(
                 record.train_accuracy,
                 validation,
             )
-        faults.checkpoint("train", record.iteration)
+        faults.inject("train", record.iteration)
 
     validation = None
     if prepared.X_val is not None:

@@ -205,8 +205,9 @@ def test_secrets_are_never_logged_and_tampered_models_are_refused(
 
 
 def test_orphan_sweep_closes_only_runs_whose_owner_is_gone(mlflow_uri: str) -> None:
-    from tasks.hygiene import close_orphaned_runs, flow_run_final, owner_tags
-    from tasks.tracking import prepare_store
+    from tasks.tracking import close_orphaned_runs, prepare_store
+    from tasks.tracking.orphans import flow_run_final
+    from tasks.tracking.owners import owner_tags
 
     # Given a flow run that reached a final state (it failed on a missing file)
     state = train(dataset=DatasetConfig(path="missing.csv", target="y"), return_state=True)

@@ -1,4 +1,4 @@
-"""Settings for flow runs in the foreground of this process (the ``qmlops`` CLI, ``make demo``).
+"""No flow-run heartbeats for flows run in the foreground (the ``qmlops`` CLI, ``make demo``).
 
 Prefect 3.8 emits flow-run heartbeats from a thread that the engine joins when the run ends.
 That thread sleeps in one-second steps, so every run ends up to a second late: measured here, a
@@ -22,7 +22,7 @@ _EXPLICIT = ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQ
 
 
 @contextlib.contextmanager
-def foreground_run() -> Iterator[None]:
+def without_flow_heartbeats() -> Iterator[None]:
     """Run the flows called inside this block without flow-run heartbeats (unless configured)."""
     if any(name in os.environ for name in _EXPLICIT):
         yield

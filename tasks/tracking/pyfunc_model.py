@@ -2,7 +2,8 @@
 
 MLflow loads this file as the model: it reads the plain-JSON model document (weights, circuit
 description, encoder numbers), verifies its hash and predicts. Nothing is unpickled. Logged by
-:mod:`tasks.tracking`, which owns every other use of MLflow.
+:func:`tasks.tracking.models.log_model`; MLflow copies the file into each logged model, so
+models logged earlier keep loading whatever happens to this copy.
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 
-class QuantumClassifierModel(PythonModel):
+class QuantumClassifierPyfunc(PythonModel):
     """Predicts labels and class probabilities from raw feature columns."""
 
     def load_context(self, context):
@@ -28,4 +29,4 @@ class QuantumClassifierModel(PythonModel):
         return self.model.predict_frame(pd.DataFrame(model_input))
 
 
-mlflow.models.set_model(QuantumClassifierModel())
+mlflow.models.set_model(QuantumClassifierPyfunc())

@@ -6,7 +6,7 @@ import pytest
 from prefect import flow
 from prefect.settings import get_current_settings
 
-from flows.foreground import foreground_run
+from flows.heartbeats import without_flow_heartbeats
 
 
 @flow
@@ -15,13 +15,13 @@ def heartbeat_setting() -> int | None:
     return get_current_settings().flows.heartbeat_frequency
 
 
-def test_foreground_runs_have_no_heartbeat(
+def test_runs_inside_the_block_have_no_heartbeat(
     prefect_harness: None, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for name in ("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "PREFECT_RUNNER_HEARTBEAT_FREQUENCY"):
         monkeypatch.delenv(name, raising=False)
     default = heartbeat_setting()
-    with foreground_run():
+    with without_flow_heartbeats():
         inside = heartbeat_setting()
     assert default is not None  # Prefect's default: heartbeats on
     assert inside is None
@@ -33,6 +33,6 @@ def test_explicit_heartbeat_setting_is_respected(
 ) -> None:
     monkeypatch.setenv("PREFECT_FLOWS_HEARTBEAT_FREQUENCY", "60")
     outside = heartbeat_setting()
-    with foreground_run():
+    with without_flow_heartbeats():
         assert heartbeat_setting() == outside
     assert outside is not None

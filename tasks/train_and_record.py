@@ -1,0 +1,128 @@
+"""Train the quantum classifier into an open MLflow run: the one path of ``train`` and sweeps.
+
+The ``train`` flow and the sweep's per-configuration task both check the size first
+(:func:`tasks.training.check_training_size` or :func:`tasks.training.plan_training`, before
+the run opens), then call :func:`train_and_record` inside the run: log the inputs, train,
+evaluate beside the classical baselines, log curves, evaluation and the model.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, cast
+
+from prefect import Task
+from prefect.states import State
+
+from qmlops.classifier import QuantumClassifier
+from qmlops.config import (
+    CircuitConfig,
+    DatasetConfig,
+    PromotionConfig,
+    TrackingConfig,
+    TrainingConfig,
+)
+from qmlops.data import Dataset
+from tasks.data import PreparedData
+from tasks.evaluation import evaluate_models
+from tasks.tracking import (
+    LoggedModel,
+    TrackedRun,
+    log_evaluation,
+    log_model,
+    log_run_inputs,
+    log_training,
+    set_run_tags,
+)
+from tasks.training import train_classifier
+
+
+@dataclass(frozen=True)
+class RecordedTraining:
+    """What :func:`train_and_record` trained and where it went.
+
+    Attributes:
+        classifier: The fitted quantum classifier.
+        evaluations: Test evaluations, ``quantum`` first, then the baselines.
+        model: The logged (and maybe registered) model.
+        training_cached: Whether the training came from the result cache.
+    """
+
+    classifier: QuantumClassifier
+    evaluations: dict[str, dict[str, Any]]
+    model: LoggedModel
+    training_cached: bool
+
+    @property
+    def resumed_from_iteration(self) -> int:
+        """The checkpoint iteration the training resumed from (0: from scratch)."""
+        return int(getattr(self.classifier, "resumed_from_", 0))
+
+
+def train_run_configs(
+    dataset: DatasetConfig,
+    circuit: CircuitConfig,
+    training: TrainingConfig,
+    tracking: TrackingConfig,
+    promotion: PromotionConfig,
+) -> dict[str, dict[str, Any]]:
+    """The configuration sections a ``train`` run logs as params (tracking without its URI)."""
+    return {
+        "dataset": dataset.model_dump(),
+        "circuit": circuit.model_dump(),
+        "training": training.model_dump(),
+        "tracking": tracking.model_dump(exclude={"tracking_uri"}),
+        "promotion": promotion.model_dump(),
+    }
+
+
+def train_and_record(
+    run: TrackedRun,
+    data: Dataset,
+    prepared: PreparedData,
+    circuit: CircuitConfig,
+    training: TrainingConfig,
+    *,
+    configs: dict[str, dict[str, Any]],
+    baseline_evaluations: dict[str, dict[str, Any]],
+    model_name: str,
+    register: bool,
+    trainer: Task[Any, Any] = train_classifier,
+) -> RecordedTraining:
+    """Train the quantum classifier and record everything about it in ``run``.
+
+    Args:
+        run: The open MLflow run (see :func:`tasks.tracking.tracked_run`).
+        data: The dataset (its identity and fingerprint are logged).
+        prepared: Its split and fitted encoder.
+        circuit: Feature map and ansatz.
+        training: Optimizer and simulator settings.
+        configs: Configuration sections to log as params.
+        baseline_evaluations: Test evaluations of the classical baselines on the same split.
+        model_name: Name to register the model under.
+        register: Whether to register the model.
+        trainer: The training task (:func:`tasks.training.train_classifier`, or its cached,
+            time-limited variant :func:`tasks.training.training_task`).
+
+    Returns:
+        The classifier, its evaluations, the logged model and whether it came from the cache.
+    """
+    log_run_inputs(run, configs, data)
+    trained = cast(State, trainer(prepared, circuit, training, return_state=True))
+    classifier = cast(QuantumClassifier, trained.result())
+    training_cached = trained.name == "Cached"
+    set_run_tags(
+        run,
+        {
+            "qmlops.training_cached": str(training_cached).lower(),
+            "qmlops.resumed_from_iteration": str(getattr(classifier, "resumed_from_", 0)),
+        },
+    )
+    evaluations = {
+        **evaluate_models({"quantum": classifier}, prepared),
+        **baseline_evaluations,
+    }
+    log_training(run, classifier)
+    log_evaluation(run, evaluations)
+    model = log_model(run, classifier, prepared, list(data.feature_names), model_name, register)
+    return RecordedTraining(classifier, evaluations, model, training_cached)
