@@ -1,7 +1,7 @@
 """The champion gate: whether a new model version takes the registry's ``champion`` alias.
 
 A pure decision over numbers already measured on the held-out test split; the registry calls
-that read the current champion and move the alias live in ``tasks/tracking.py``.
+that read the current champion and move the alias live in the ``tasks/tracking/`` package.
 """
 
 from __future__ import annotations

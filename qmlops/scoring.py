@@ -1,7 +1,7 @@
 """Batch scoring helpers: check input against a model's signature, write predictions.
 
 Pure functions; loading the registered model and recording the scoring run live in
-``tasks/tracking.py``.
+the ``tasks/tracking/`` package.
 """
 
 from __future__ import annotations
