@@ -39,7 +39,7 @@ bench: install
 bench-sweep: install
 	$(BIN)/python benchmarks/sweep_scaling.py
 
-# Model quality: the quantum model with its defaults beside the baselines, 9 data sets x 5 seeds.
+# Model quality: quantum model (defaults) vs baselines, 9 data sets x 5 seeds (19 min on 2 busy cores).
 bench-quality: install
 	$(BIN)/python benchmarks/quality.py
 
