@@ -19,7 +19,8 @@ beside the defaults, trained on the same splits, so candidate defaults compare i
 
 Run ``make bench-quality`` (writes the ``quality`` section of ``benchmarks/RESULTS.md``) or
 ``python benchmarks/quality.py --quick`` (a smoke run on three small data sets, one seed, that
-writes nothing). A run with a subset, ``--set`` or ``--candidate`` writes only with ``--output``.
+writes nothing). A run with a subset, ``--set`` or ``--candidate`` writes only with ``--output``
+(and, to keep the main table, ``--section`` with another name).
 """
 
 from __future__ import annotations
@@ -42,7 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from train_speed import RESULTS, machine_line, markdown_table, write_section  # noqa: E402
 
-MARKERS = ("<!-- quality:begin -->", "<!-- quality:end -->")
+SECTION = "quality"
+
+
+def markers(section: str) -> tuple[str, str]:
+    """The comment lines that delimit a section of RESULTS.md."""
+    return f"<!-- {section}:begin -->", f"<!-- {section}:end -->"
+
+
 SEEDS = (0, 1, 2, 3, 4)
 TARGET = "label"
 QUANTUM = "quantum"
@@ -351,6 +359,7 @@ def render(
     command: str,
     seconds: float,
     complete: bool,
+    section: str = SECTION,
 ) -> str:
     """The markdown section: what was run, the table, the notes."""
     import sklearn
@@ -373,7 +382,9 @@ def render(
     ]
     sets = [QUALITY_SETS[name] for name in results]
     lines = [
-        "## Model quality (`benchmarks/quality.py`)",
+        "## Model quality"
+        + ("" if section == SECTION else f": {section}")
+        + " (`benchmarks/quality.py`)",
         "",
         f"{machine_line(command)} scikit-learn {sklearn.__version__}.",
         "",
@@ -433,6 +444,11 @@ def main(argv: list[str] | None = None) -> int:
         "--quick", action="store_true", help=f"smoke run: {', '.join(QUICK_SETS)}, seed 0"
     )
     parser.add_argument("--output", type=Path, default=None, help="results file to update")
+    parser.add_argument(
+        "--section",
+        default=SECTION,
+        help="section of the results file to replace (another name keeps the main table)",
+    )
     args = parser.parse_args(argv)
 
     names = args.datasets or list(QUICK_SETS if args.quick else DEFAULT_SETS)
@@ -461,9 +477,10 @@ def main(argv: list[str] | None = None) -> int:
     results: dict[str, list[Outcome]] = {}
 
     def report(complete: bool) -> str:
-        text = render(results, variants, seeds, command, time.perf_counter() - started, complete)
+        seconds = time.perf_counter() - started
+        text = render(results, variants, seeds, command, seconds, complete, args.section)
         if output is not None:
-            write_section(text, output, MARKERS)
+            write_section(text, output, markers(args.section))
         return text
 
     with tempfile.TemporaryDirectory(prefix="qmlops-quality-") as folder:
