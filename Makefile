@@ -11,7 +11,7 @@ export PREFECT_PORT ?= 4200
 export MLFLOW_PORT ?= 5000
 export QMLOPS_SERVE_DIR ?= $(CURDIR)/.qmlops/serve
 
-.PHONY: install demo test test-fast lint format lock clean ui-mlflow serve stop deploy bench bench-sweep
+.PHONY: install demo test test-fast lint format lock clean ui-mlflow serve stop deploy bench bench-sweep bench-quality
 
 install: $(STAMP)
 
@@ -38,6 +38,10 @@ bench: install
 # Sweep scaling: sequential vs threads vs local Ray, 8 configurations, three workloads, host probe (34-43 min).
 bench-sweep: install
 	$(BIN)/python benchmarks/sweep_scaling.py
+
+# Model quality: quantum model (defaults) vs baselines, 9 data sets x 5 seeds (19 min on 2 busy cores).
+bench-quality: install
+	$(BIN)/python benchmarks/quality.py
 
 lint: install
 	$(BIN)/ruff check .
