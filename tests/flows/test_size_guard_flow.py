@@ -2,13 +2,11 @@
 
 from __future__ import annotations
 
-import asyncio
 from collections import Counter
 
 import pytest
 from mlflow import MlflowClient
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect_runs import task_run_counts
 
 import qmlops.circuits
 from flows.train import train
@@ -16,14 +14,6 @@ from qmlops.config import CircuitConfig, DatasetConfig, TrackingConfig, Training
 from qmlops.errors import SizeLimitError
 
 pytestmark = pytest.mark.usefixtures("prefect_harness")
-
-
-async def _task_runs(flow_run_id: str) -> dict[str, int]:
-    async with get_client() as client:
-        runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-    return {run.name.rsplit("-", 1)[0]: run.run_count for run in runs}
 
 
 def test_an_oversized_training_is_refused_before_simulating_or_tracking(
@@ -49,6 +39,6 @@ def test_an_oversized_training_is_refused_before_simulating_or_tracking(
     client = MlflowClient(mlflow_uri)
     experiment = client.get_experiment_by_name("qmlops")
     assert experiment is None or not client.search_runs([experiment.experiment_id])
-    runs = asyncio.run(_task_runs(str(state.state_details.flow_run_id)))
+    runs = task_run_counts(str(state.state_details.flow_run_id))
     assert "train-classifier" not in runs
     assert runs["check-training-size"] == 1
