@@ -185,8 +185,11 @@ def test_mlflow_down_mid_run_fails_the_run_and_a_rerun_completes(
     assert list((tmp_path / ".qmlops" / "checkpoints").rglob("ckpt-*"))
 
     # And once the server is back, the next flow closes the old run FAILED and completes
+    # without training again: the first flow's training finished before MLflow was needed
     with services.mlflow_server(tmp_path / "server", port=port) as server:
         result = _completed(start_flow(tmp_path, "again", _params(24), env).wait())
+        assert result["training_cached"] is True
+        assert result["resumed_from_iteration"] == 0
         client = MlflowClient(server.url)
         failed = client.get_run(pending[0].stem)
         assert failed.info.status == "FAILED"
