@@ -1,4 +1,4 @@
-"""Read back what Prefect recorded about a flow run's tasks (through the current API client)."""
+"""Read back what Prefect recorded about a flow run's tasks."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import asyncio
 
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect.settings import PREFECT_API_URL, temporary_settings
 
 
 async def _read(flow_run_id: str) -> dict[str, int]:
@@ -20,6 +21,14 @@ async def _read(flow_run_id: str) -> dict[str, int]:
     return counts
 
 
-def task_run_counts(flow_run_id: str) -> dict[str, int]:
-    """Task name (without its run suffix) -> the highest run count among its task runs."""
-    return asyncio.run(_read(flow_run_id))
+def task_run_counts(flow_run_id: str, api_url: str | None = None) -> dict[str, int]:
+    """Task name (without its run suffix) -> the highest run count among its task runs.
+
+    Args:
+        flow_run_id: The flow run.
+        api_url: The Prefect API that ran it (default: the one this process uses).
+    """
+    if api_url is None:
+        return asyncio.run(_read(flow_run_id))
+    with temporary_settings(updates={PREFECT_API_URL: api_url}):
+        return asyncio.run(_read(flow_run_id))
