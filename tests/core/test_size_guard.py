@@ -34,9 +34,9 @@ def test_the_size_guard_refuses_before_any_simulator_call(
 
     # And the counters do see the simulator: the same job within the limits runs it
     QuantumClassifier(**settings).fit(X, y)  # type: ignore[arg-type]
-    assert simulator_calls["CircuitEvaluator.class_probabilities"] == 2 + 1
+    assert simulator_calls["CircuitEvaluator.class_probabilities"] > 0
     if backend == "aer":
-        assert simulator_calls["EstimatorV2.run"] == 2 + 1
+        assert simulator_calls["EstimatorV2.run"] > 0
 
 
 def test_plan_simulates_nothing(simulator_calls: Counter[str]) -> None:
