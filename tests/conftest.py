@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 import services
@@ -57,3 +59,32 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     """A real MLflow tracking server (SQLite + served artifacts) on a free loopback port."""
     with services.mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as server:
         yield server
+
+
+@pytest.fixture
+def simulator_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
+    """Count every entry into a simulator: the evaluator's batch call and Aer's primitives.
+
+    Patched on the classes, so calls from Prefect's worker threads count too.
+    """
+    from qiskit_aer.primitives import EstimatorV2, SamplerV2
+
+    from qmlops.simulation import CircuitEvaluator
+
+    calls: Counter[str] = Counter()
+
+    def counting(name: str, original: Callable[..., Any]) -> Callable[..., Any]:
+        def wrapper(*args: Any, **kwargs: Any) -> Any:
+            calls[name] += 1
+            return original(*args, **kwargs)
+
+        return wrapper
+
+    for owner, method in (
+        (CircuitEvaluator, "class_probabilities"),
+        (EstimatorV2, "run"),
+        (SamplerV2, "run"),
+    ):
+        name = f"{owner.__name__}.{method}"
+        monkeypatch.setattr(owner, method, counting(name, getattr(owner, method)))
+    return calls

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 import json
 import shutil
 import warnings
@@ -12,8 +11,7 @@ import mlflow
 import pytest
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
-from prefect.client.orchestration import get_client
-from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+from prefect_runs import task_run_counts
 from services import free_port
 
 from flows.train import train
@@ -37,18 +35,6 @@ def _params(seed: int, **training: object) -> dict:
         ),
         "tracking": TrackingConfig(register_model=False),
     }
-
-
-async def _run_counts(flow_run_id: str) -> dict[str, int]:
-    async with get_client() as client:
-        task_runs = await client.read_task_runs(
-            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id]))
-        )
-    counts: dict[str, int] = {}
-    for run in task_runs:
-        name = run.name.rsplit("-", 1)[0]
-        counts[name] = max(counts.get(name, 0), run.run_count)
-    return counts
 
 
 def _steps(client: MlflowClient, run_id: str, key: str) -> list[int]:
@@ -101,7 +87,7 @@ def test_transient_faults_are_retried_without_duplicate_metric_steps(
     result = state.result()
 
     # The training was retried and resumed from its checkpoint, the logging was retried
-    counts = asyncio.run(_run_counts(str(state.state_details.flow_run_id)))
+    counts = task_run_counts(str(state.state_details.flow_run_id))
     assert counts["train-classifier"] == 2
     assert counts["log-training"] == 2
     assert result["resumed_from_iteration"] == 3
@@ -113,20 +99,6 @@ def test_transient_faults_are_retried_without_duplicate_metric_steps(
     assert len(client.get_metric_history(result["run_id"], "training_time_s")) == 1
 
 
-def test_training_timeout_is_enforced_and_not_retried(mlflow_uri: str, fault_env) -> None:
-    fault_env("hang:train:2")
-    state = train(**_params(seed=13, timeout_s=2), return_state=True)
-    assert state.is_failed()
-    with pytest.raises(TimeoutError):
-        state.result()
-    counts = asyncio.run(_run_counts(str(state.state_details.flow_run_id)))
-    assert counts["train-classifier"] == 1
-    client = MlflowClient(mlflow_uri)
-    (run,) = client.search_runs([client.get_experiment_by_name("qmlops").experiment_id])
-    assert run.info.status == "FAILED"
-    assert "TimeoutError" in run.data.tags["error"]
-
-
 def test_unreachable_tracking_server_fails_the_flow_at_start(mlflow_uri: str) -> None:
     params = _params(seed=14)
     params["tracking"] = TrackingConfig(tracking_uri=f"http://127.0.0.1:{free_port()}")
@@ -134,7 +106,7 @@ def test_unreachable_tracking_server_fails_the_flow_at_start(mlflow_uri: str) ->
     assert state.is_failed()
     with pytest.raises(TrackingUnavailableError, match="is unavailable"):
         state.result()
-    counts = asyncio.run(_run_counts(str(state.state_details.flow_run_id)))
+    counts = task_run_counts(str(state.state_details.flow_run_id))
     assert counts == {"prepare-tracking": 3}  # bounded retries, and nothing else ran
 
 
@@ -148,7 +120,7 @@ def test_data_path_outside_the_root_is_refused_without_retries(
     state = train(dataset=DatasetConfig(path="../outside.csv", target="label"), return_state=True)
     with pytest.raises(UnsafePathError):
         state.result()
-    counts = asyncio.run(_run_counts(str(state.state_details.flow_run_id)))
+    counts = task_run_counts(str(state.state_details.flow_run_id))
     assert counts["load-dataset"] == 1
 
 

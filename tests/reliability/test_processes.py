@@ -1,4 +1,4 @@
-"""Reliability with real processes and signals: kill -9, SIGTERM, 8 flows at once, MLflow down.
+"""Reliability with real processes: kill -9, SIGTERM, 8 flows at once, MLflow down, timeouts.
 
 Each flow runs in a child process (``services.start_flow``) against the session's real
 Prefect server and a real MLflow store or server; faults are injected through
@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
 from pathlib import Path
 
 import httpx
@@ -17,11 +18,14 @@ import pytest
 import services
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
+from prefect_runs import task_run_counts
 from services import RunningService, start_flow, wait_for_file
 
 pytestmark = pytest.mark.integration
 
 MAXITER = 8
+CHILD_LIMIT_S = 300
+"""How long a test waits for a flow that should end by itself (start-up included)."""
 
 
 def _params(seed: int, experiment: str = "qmlops", **extra: object) -> dict:
@@ -185,10 +189,40 @@ def test_mlflow_down_mid_run_fails_the_run_and_a_rerun_completes(
     assert list((tmp_path / ".qmlops" / "checkpoints").rglob("ckpt-*"))
 
     # And once the server is back, the next flow closes the old run FAILED and completes
+    # without training again: the first flow's training finished before MLflow was needed
     with services.mlflow_server(tmp_path / "server", port=port) as server:
         result = _completed(start_flow(tmp_path, "again", _params(24), env).wait())
+        assert result["training_cached"] is True
+        assert result["resumed_from_iteration"] == 0
         client = MlflowClient(server.url)
         failed = client.get_run(pending[0].stem)
         assert failed.info.status == "FAILED"
         assert client.get_run(result["run_id"]).info.status == "FINISHED"
     assert not list((tmp_path / ".qmlops" / "pending-close").glob("*.json"))
+
+
+@pytest.mark.slow
+def test_training_timeout_is_enforced_and_not_retried(
+    tmp_path: Path, prefect_server: RunningService
+) -> None:
+    # Given a training that hangs at iteration 2 under a 2 s limit, in a child process: if the
+    # limit failed, this test would fail after CHILD_LIMIT_S instead of hanging the suite
+    env = _env(tmp_path, prefect_server)
+    params = _params(13)
+    params["training"]["timeout_s"] = 2
+    child = start_flow(tmp_path, "hang", params, {**env, "QMLOPS_FAULTS": "hang:train:2"})
+    try:
+        outcome = child.wait(timeout_s=CHILD_LIMIT_S)
+    except subprocess.TimeoutExpired:
+        child.process.kill()
+        child.process.wait(timeout=60)
+        pytest.fail(f"the training's time limit did not end the flow:\n{child.log()[-3000:]}")
+
+    # Then the flow fails with the timeout, the training ran once, and its MLflow run FAILED
+    assert outcome["state"] in ("Failed", "TimedOut"), outcome  # both are failed states
+    assert "TimeoutError" in outcome["error"]
+    counts = task_run_counts(outcome["flow_run_id"], api_url=prefect_server.url)
+    assert counts["train-classifier"] == 1
+    (run,) = _runs(env["MLFLOW_TRACKING_URI"])
+    assert run.info.status == "FAILED"
+    assert "TimeoutError" in run.data.tags["error"]
