@@ -21,8 +21,8 @@ import pytest
 from pydantic import BaseModel, ValidationError
 
 import qmlops
-from qmlops.checkpoint import code_version
 from qmlops.config import ORCHESTRATION_FIELDS, CircuitConfig, TrainingConfig
+from qmlops.hashing import code_version
 from tasks.caching import cached
 from tasks.training import checkpoint_store, train_classifier
 
