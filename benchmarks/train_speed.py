@@ -570,13 +570,13 @@ def machine_line(command: str) -> str:
     )
 
 
-def write_section(text: str, path: Path = RESULTS) -> None:
-    """Replace this benchmark's section of RESULTS.md, keeping everything else."""
-    block = f"{BEGIN}\n{text.strip()}\n{END}\n"
+def write_section(text: str, path: Path = RESULTS, begin: str = BEGIN, end: str = END) -> None:
+    """Replace a benchmark's section of RESULTS.md (this one's by default), keeping the rest."""
+    block = f"{begin}\n{text.strip()}\n{end}\n"
     current = path.read_text() if path.exists() else "# Benchmark results\n\n"
-    if BEGIN in current and END in current:
-        head, rest = current.split(BEGIN, 1)
-        tail = rest.split(END, 1)[1].lstrip("\n")
+    if begin in current and end in current:
+        head, rest = current.split(begin, 1)
+        tail = rest.split(end, 1)[1].lstrip("\n")
         current = head + block + ("\n" + tail if tail else "")
     else:
         current = current.rstrip("\n") + "\n\n" + block

@@ -44,6 +44,7 @@ from qmlops.statevector import (
     FusedProgram,
     Program,
     Readout,
+    Tape,
     UnsupportedCircuitError,
     Workspace,
     compile_program,
@@ -484,14 +485,18 @@ class CircuitEvaluator:
         readout = self._get_readout()
         matrices = group_matrices(ansatz, points)
         probabilities = np.empty((rows.shape[0], self.spec.n_classes))
-        if self._use_unitary(rows.shape[0], 1):
-            cotangents = self._cotangents_by_unitary(
-                np.take(encoded, rows, axis=1), matrices, readout, cotangent, probabilities
-            )
-        else:
-            cotangents = self._cotangents_by_states(
-                encoded, rows, matrices, readout, cotangent, probabilities
-            )
+        # The sweep's matrix products are small (a group matrix against a block of states):
+        # BLAS threads gain nothing there, and on a busy machine their hand-offs cost more
+        # than the products. The engine's own worker threads split large batches instead.
+        with single_threaded_blas():
+            if self._use_unitary(rows.shape[0], 1):
+                cotangents = self._cotangents_by_unitary(
+                    np.take(encoded, rows, axis=1), matrices, readout, cotangent, probabilities
+                )
+            else:
+                cotangents = self._cotangents_by_states(
+                    encoded, rows, matrices, readout, cotangent, probabilities
+                )
         gradient = weight_gradient(ansatz, points[0], cotangents)
         others = self._numpy_probabilities(checked)
         self.counters.seconds += time.perf_counter() - started
@@ -514,6 +519,12 @@ class CircuitEvaluator:
         if workspace is None:
             workspace = self._workspaces.workspace = Workspace()
         return workspace
+
+    def _tape(self) -> Tape:
+        tape = getattr(self._workspaces, "tape", None)
+        if tape is None:
+            tape = self._workspaces.tape = Tape()
+        return tape
 
     @staticmethod
     def _output_cotangent(
@@ -547,7 +558,7 @@ class CircuitEvaluator:
         assert self._programs is not None
         ansatz = self._programs[1]
         dim, real = states.shape[0], ansatz.is_real
-        tape: list[np.ndarray] = []
+        tape = self._tape()
         identity = np.eye(dim, dtype=np.float64 if real else np.complex128)[None]
         unitary = run_fused(ansatz, identity, matrices=matrices, tape=tape)[0]
         inputs = states.view(np.float64) if real else states
@@ -582,7 +593,7 @@ class CircuitEvaluator:
         def run_block(start: int) -> None:
             positions = np.arange(start, min(start + chunk, n_samples))
             states = np.take(encoded, rows[positions], axis=1)[None]  # (1, D, L)
-            tape: list[np.ndarray] = []
+            tape = self._tape()
             result = run_fused(
                 ansatz, states.view(np.float64) if real else states, matrices=matrices, tape=tape
             )
@@ -599,11 +610,7 @@ class CircuitEvaluator:
                 ansatz, matrices, tape, carried[None], self._workspace()
             )
 
-        if threads > 1 and len(starts) > 1:
-            with single_threaded_blas():
-                parallel_map(run_block, starts, threads)
-        else:
-            parallel_map(run_block, starts, 1)
+        parallel_map(run_block, starts, threads)
         blocks = [per_block[start] for start in starts]
         return [
             None if parts[0] is None else np.sum(parts, axis=0)

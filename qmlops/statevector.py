@@ -640,6 +640,24 @@ def _kronecker(factors: Sequence[np.ndarray]) -> np.ndarray:
 
 
 @dataclass(frozen=True)
+class _AdjointPlan:
+    """Index arrays of :meth:`_GroupPlan.gradient`, made once per program.
+
+    Attributes:
+        class_groups: Per group class, its groups' program-order numbers, in class order.
+        subscripts: Per group class, per slot: the einsum that contracts a group cotangent
+            with the group's other slots.
+        steps: Per chain step: the slots whose gate there is a rotation, and those rotations.
+        first_rotation_step: The first chain step holding a rotation.
+    """
+
+    class_groups: tuple[tuple[int, ...], ...]
+    subscripts: tuple[tuple[str, ...], ...]
+    steps: tuple[tuple[np.ndarray, np.ndarray], ...]
+    first_rotation_step: int
+
+
+@dataclass(frozen=True)
 class _GroupPlan:
     """How to build every group matrix of a fused program with a few whole-array operations.
 
@@ -752,59 +770,77 @@ class _GroupPlan:
         Returns:
             ``dL/dθ`` ``(P,)``.
         """
-        gradient = np.zeros(n_weights)
         if not self.rotations:
-            return gradient
+            return np.zeros(n_weights)
+        plan = self._adjoint_plan
         table = self._table(weights[None, :], real=False)[0]
-        n_fixed = self.fixed.shape[0]
         # prefixes[j]: the product of each slot's first j gates (the identity for j = 0).
         prefixes = [np.broadcast_to(np.eye(2, dtype=np.complex128), (self.chains.shape[0], 2, 2))]
         for step in range(self.chains.shape[1]):
             prefixes.append(np.matmul(table[self.chains[:, step]], prefixes[-1]))
         slots = prefixes[-1]
-        derivatives = self._derivatives(weights)
         # dL/dS per slot: the group cotangent contracted with every other slot of its group.
         slot_cotangents = np.zeros_like(slots)
-        by_class: list[list[tuple[int, np.ndarray]]] = [[] for _ in self.classes]
-        for cotangent, (number, position) in zip(cotangents, self.order, strict=True):
-            if cotangent is not None:
-                by_class[number].append((position, np.conj(cotangent)))
-        for (size, members), found in zip(self.classes, by_class, strict=True):
-            if not found:
+        for (size, members), groups, subscripts in zip(
+            self.classes, plan.class_groups, plan.subscripts, strict=True
+        ):
+            if size == 0 or all(cotangents[g] is None for g in groups):
                 continue
-            positions = [position for position, _ in found]
-            stacked = np.stack([cotangent for _, cotangent in found])
-            stacked = stacked.reshape(len(found), *(2,) * (2 * size))
-            own = members[positions]
-            rows, columns = "abcdefghijklm"[:size], "nopqrstuvwxyz"[:size]
+            zero = np.zeros((2**size, 2**size))
+            found = [cotangents[g] for g in groups]
+            stacked = np.stack([zero if cotangent is None else cotangent for cotangent in found])
+            stacked = np.conj(stacked).reshape(len(groups), *(2,) * (2 * size))
+            others = np.conj(slots[members])  # (G, size, 2, 2)
             for k in range(size):
-                others = [t for t in range(size) if t != k]
-                subscripts = ",".join(
-                    ["Z" + rows + columns] + [f"Z{rows[t]}{columns[t]}" for t in others]
-                )
-                slot_cotangents[own[:, k]] = np.einsum(
-                    f"{subscripts}->Z{rows[k]}{columns[k]}",
-                    stacked,
-                    *[np.conj(slots[own[:, t]]) for t in others],
+                slot_cotangents[members[:, k]] = np.einsum(
+                    subscripts[k], stacked, *[others[:, t] for t in range(size) if t != k]
                 )
         # Back along each slot's chain S = R_C...R_1:
         # dL/dR_j = (R_C...R_j+1)^H dL/dS (R_j-1...R_1)^H.
+        derivatives = self._derivatives(weights)
+        per_rotation = np.zeros(len(self.rotations))
         after = slot_cotangents
         for step in reversed(range(self.chains.shape[1])):
-            rows_used = self.chains[:, step]
-            is_rotation = rows_used > n_fixed
-            if np.any(is_rotation):
+            slot_index, rotation = plan.steps[step]
+            if rotation.size:
                 gate_cotangent = np.matmul(
-                    after[is_rotation], np.conj(prefixes[step][is_rotation]).swapaxes(-1, -2)
+                    after[slot_index], np.conj(prefixes[step][slot_index]).swapaxes(-1, -2)
                 )
-                rotation = rows_used[is_rotation] - 1 - n_fixed
-                derivative = derivatives[rotation]
-                contribution = 2.0 * np.sum(
-                    np.real(np.conj(gate_cotangent) * derivative), axis=(1, 2)
-                )
-                np.add.at(gradient, self._rotation_weights[rotation], contribution)
-            after = np.matmul(np.conj(table[rows_used]).swapaxes(-1, -2), after)
-        return gradient
+                products = np.conj(gate_cotangent) * derivatives[rotation]
+                per_rotation[rotation] = 2.0 * products.real.sum(axis=(1, 2))
+            if step > plan.first_rotation_step:
+                after = np.matmul(np.conj(table[self.chains[:, step]]).swapaxes(-1, -2), after)
+        return np.bincount(self._rotation_weights, per_rotation, minlength=n_weights)
+
+    @functools.cached_property
+    def _adjoint_plan(self) -> _AdjointPlan:
+        n_fixed = self.fixed.shape[0]
+        class_groups: list[list[int]] = [[] for _ in self.classes]
+        for group, (number, _) in enumerate(self.order):
+            class_groups[number].append(group)
+        for groups in class_groups:
+            groups.sort(key=lambda g: self.order[g][1])
+        subscripts = []
+        for size, _ in self.classes:
+            rows, columns = "abcdefghijklm"[:size], "nopqrstuvwxyz"[:size]
+            per_slot = []
+            for k in range(size):
+                operands = ["Z" + rows + columns] + [
+                    f"Z{rows[t]}{columns[t]}" for t in range(size) if t != k
+                ]
+                per_slot.append(",".join(operands) + f"->Z{rows[k]}{columns[k]}")
+            subscripts.append(tuple(per_slot))
+        steps = []
+        for step in range(self.chains.shape[1]):
+            slot_index = np.flatnonzero(self.chains[:, step] > n_fixed)
+            steps.append((slot_index, self.chains[slot_index, step] - 1 - n_fixed))
+        with_rotations = [step for step, (index, _) in enumerate(steps) if index.size]
+        return _AdjointPlan(
+            class_groups=tuple(tuple(groups) for groups in class_groups),
+            subscripts=tuple(subscripts),
+            steps=tuple(steps),
+            first_rotation_step=min(with_rotations, default=0),
+        )
 
     @functools.cached_property
     def weighted_groups(self) -> tuple[bool, ...]:
@@ -879,13 +915,45 @@ class Workspace:
         raise AssertionError("both workspace buffers overlap the input")  # pragma: no cover
 
 
+class Tape:
+    """The input states of every group of a taped :func:`run_fused`, for the backward sweep.
+
+    Every pass of a taped run writes into its own buffer, kept between runs like a
+    :class:`Workspace`'s (one tape per thread): fresh arrays cost a page fault per page.
+
+    Attributes:
+        states: The group inputs of the last run, in program order.
+    """
+
+    def __init__(self) -> None:
+        self.states: list[np.ndarray] = []
+        self._buffers: list[np.ndarray] = []
+        self._used = 0
+
+    def clear(self) -> None:
+        """Forget the recorded states (the buffers stay for the next run)."""
+        self.states.clear()
+        self._used = 0
+
+    def next(self, shape: tuple[int, ...], dtype: np.dtype) -> np.ndarray:
+        """A C-contiguous array that no other pass of this run uses; contents undefined."""
+        size = math.prod(shape) * dtype.itemsize
+        if self._used == len(self._buffers):
+            self._buffers.append(np.empty(0, dtype=np.uint8))
+        buffer = self._buffers[self._used]
+        if buffer.nbytes < size:
+            buffer = self._buffers[self._used] = np.empty(size, dtype=np.uint8)
+        self._used += 1
+        return buffer[:size].view(dtype).reshape(shape)
+
+
 def run_fused(
     fused: FusedProgram,
     psi: np.ndarray,
     weights: np.ndarray | None = None,
     matrices: Sequence[np.ndarray] | None = None,
     workspace: Workspace | None = None,
-    tape: list[np.ndarray] | None = None,
+    tape: Tape | None = None,
 ) -> np.ndarray:
     """Apply a fused program to a batch of states.
 
@@ -898,19 +966,23 @@ def run_fused(
         matrices: :func:`group_matrices` of these weights, if already computed.
         workspace: Buffers to write the passes into (the result then lives in one of them
             and is overwritten by the next run that uses this workspace).
-        tape: If given (then without a workspace), every group's input states are appended
-            to it, in program order, for :func:`group_cotangents`.
+        tape: If given (then without a workspace), it is cleared, every pass writes into its
+            buffers and every group's input states are recorded, for :func:`group_cotangents`.
 
     Returns:
         The new states ``(M, 2**n, L)``, same dtype as ``psi`` (not always the same array).
     """
     assert tape is None or workspace is None, "taped inputs must not be overwritten"
+    if tape is not None:
+        tape.clear()
     if matrices is None:
         matrices = group_matrices(fused, weights)
     _, dim, columns = psi.shape
     m_points = max((matrix.shape[0] for matrix in matrices), default=psi.shape[0])
 
     def output(shape: tuple[int, ...]) -> np.ndarray | None:
+        if tape is not None:
+            return tape.next(shape, psi.dtype)
         return None if workspace is None else workspace.next(shape, psi.dtype, psi)
 
     groups = iter(matrices)
@@ -923,7 +995,7 @@ def run_fused(
                 points = max(group.shape[0], view.shape[0])
                 out = output((points, *view.shape[1:]))
                 if tape is not None:
-                    tape.append(view)
+                    tape.states.append(view)
                 psi = np.matmul(group[:, None], view, out=out).reshape(points, dim, columns)
         elif isinstance(stage, PermutationStage):
             # mode="clip": valid indices either way, and numpy then writes `out` directly.
@@ -938,7 +1010,7 @@ def run_fused(
 def group_cotangents(
     fused: FusedProgram,
     matrices: Sequence[np.ndarray],
-    tape: list[np.ndarray],
+    tape: Tape,
     cotangent: np.ndarray,
     workspace: Workspace | None = None,
 ) -> list[np.ndarray | None]:
@@ -953,7 +1025,7 @@ def group_cotangents(
     Args:
         fused: The fused program.
         matrices: Its :func:`group_matrices` at one weight point (``M = 1``).
-        tape: The group inputs that :func:`run_fused` recorded; consumed.
+        tape: The tape of that run (its states are consumed).
         cotangent: ``conj(dL/dψ*)`` at the program's output (``dL/dψ*`` for a real program,
             as a float64 view), shaped like the output states ``(1, 2**n, L)``. Overwritten.
         workspace: Buffers for the sweep's passes.
@@ -980,7 +1052,7 @@ def group_cotangents(
         if isinstance(stage, LocalStage):
             for _ in stage.groups:
                 group_number -= 1
-                states = tape.pop()
+                states = tape.states.pop()
                 group = matrices[group_number]
                 view = carried.reshape(states.shape)
                 if weighted[group_number]:
@@ -1018,6 +1090,18 @@ _blas_users = 0
 _blas_limiter: Any = None
 
 
+@functools.cache
+def _blas_controller() -> Any:
+    """The handle of threadpoolctl on the loaded BLAS libraries, found once.
+
+    ``threadpool_limits`` looks for the libraries on every call (about a millisecond); the
+    adjoint gradient sets the limit at every optimizer step.
+    """
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")
+
+
 @contextlib.contextmanager
 def single_threaded_blas() -> Iterator[None]:
     """Hold numpy's BLAS at one thread while the engine runs its own worker threads.
@@ -1027,11 +1111,9 @@ def single_threaded_blas() -> Iterator[None]:
     one limit: the first sets it, the last restores what was there before.
     """
     global _blas_users, _blas_limiter
-    from threadpoolctl import threadpool_limits
-
     with _blas_lock:
         if _blas_users == 0:
-            _blas_limiter = threadpool_limits(limits=1, user_api="blas")
+            _blas_limiter = _blas_controller().limit(limits=1)
         _blas_users += 1
     try:
         yield

@@ -16,6 +16,7 @@ from qmlops.errors import ConfigurationError
 from qmlops.simulation import CircuitEvaluator
 from qmlops.statevector import (
     Readout,
+    Tape,
     compile_program,
     fuse_program,
     group_cotangents,
@@ -136,7 +137,7 @@ def test_adjoint_gradient_of_every_gate_kind(group_qubits: int) -> None:
 
     weights = rng.uniform(-np.pi, np.pi, 5)
     matrices = group_matrices(fused, weights[None])
-    tape: list[np.ndarray] = []
+    tape = Tape()
     amplitudes = run_fused(fused, states[None].copy(), matrices=matrices, tape=tape)
     carried = (per_class @ readout.onehot).T * np.conj(amplitudes[0])
     gradient = weight_gradient(
