@@ -14,7 +14,9 @@ Two engines compute the same numbers:
   For small circuits with more samples than amplitudes it builds the ansatz unitary of each
   weight point (by running the ansatz on the identity) and applies it to all encoded states in
   one matrix product. It matches Aer to 1e-9 and is chosen automatically for exact evaluation
-  of circuits up to :data:`NUMPY_MAX_QUBITS` qubits.
+  of circuits up to :data:`NUMPY_MAX_QUBITS` qubits. It also gives the exact gradient of a
+  loss by the adjoint method (:meth:`CircuitEvaluator.loss_gradient`): one taped forward pass
+  and one backward sweep over the fused ansatz, by blocks of samples.
 
 Threads: ``simulator_threads=0`` (the default) resolves, when the evaluator is built, to the
 cores this process may use capped by the current ``threadpoolctl`` limit
