@@ -32,6 +32,7 @@ test-fast: install
 
 # Both benchmarks (about 60 min on 2 cores: VQC trainings 14 min, sweeps 34-43 min); write benchmarks/RESULTS.md.
 bench: install
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]" && $(BIN)/python benchmarks/gradient_speed.py
 	$(BIN)/python benchmarks/train_speed.py
 	$(BIN)/python benchmarks/sweep_scaling.py
 

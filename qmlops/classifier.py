@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import time
 from typing import Any
 
@@ -18,10 +19,12 @@ from qmlops.circuits import (
     check_resources,
     estimate_resources,
 )
+from qmlops.concurrency import resolve_threads
 from qmlops.config import default_ansatz_reps
 from qmlops.errors import ConfigurationError, ModelFormatError
-from qmlops.simulation import BACKENDS, CircuitEvaluator
+from qmlops.simulation import BACKENDS, CircuitEvaluator, adjoint_states_held, planned_backend
 from qmlops.training import (
+    GRADIENTS,
     OPTIMIZERS,
     IterationRecord,
     Objective,
@@ -31,6 +34,8 @@ from qmlops.training import (
 )
 
 MODEL_FORMAT_VERSION = 1
+
+logger = logging.getLogger(__name__)
 
 
 class QuantumClassifier(ClassifierMixin, BaseEstimator):
@@ -48,13 +53,18 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             (:func:`qmlops.config.default_ansatz_reps`).
         entanglement: ``"reverse_linear"``, ``"linear"``, ``"full"``, ``"circular"`` or
             ``"pairwise"``.
-        optimizer: ``"adam"`` (parameter-shift gradients), ``"spsa"`` or ``"cobyla"``.
+        optimizer: ``"adam"`` (exact gradients, see ``gradient``), ``"spsa"`` or ``"cobyla"``.
         maxiter: Optimizer iterations (COBYLA: objective evaluations).
         learning_rate: Adam step size, SPSA initial gain, COBYLA initial trust radius.
         batch_size: Training samples per Adam/SPSA step (a seeded mini-batch drawn each step);
             ``None`` uses all samples. COBYLA always uses all samples.
         shots: ``None`` for exact probabilities, else measurement shots per circuit.
         backend: ``"auto"``, ``"numpy"`` or ``"aer"`` (see :mod:`qmlops.simulation`).
+        gradient: Adam's gradient. ``"adjoint"``: the adjoint method of the exact numpy
+            engine (one forward pass and one backward sweep, whatever the number of weights);
+            ``"parameter_shift"``: ``2P + 1`` evaluated weight points per step, for shots and
+            Aer; ``"auto"`` (default): adjoint wherever the numpy engine runs, parameter shift
+            elsewhere. Both give the same gradient where both apply.
         simulator_threads: Threads the simulation may use. ``0`` (default) means automatic:
             the cores this process may run on, capped by the current threadpoolctl limit
             when ``fit`` starts. To run several trainings at once without oversubscribing,
@@ -81,6 +91,8 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         n_iter_: Iterations run.
         resumed_from_: Iterations restored from a checkpoint (``0``: trained from the start).
         backend_: Engine that ran the simulation (``"numpy"`` or ``"aer"``).
+        gradient_: Adam's gradient method (``"adjoint"`` or ``"parameter_shift"``); ``None``
+            for the other optimizers.
         circuit_evaluations_: Circuits executed during ``fit``.
         primitive_calls_: Batched simulator calls during ``fit``.
         fit_time_: Wall time of ``fit`` in seconds.
@@ -99,6 +111,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         batch_size: int | None = 48,
         shots: int | None = None,
         backend: str = "auto",
+        gradient: str = "auto",
         simulator_threads: int = 0,
         max_memory_bytes: int | None = None,
         max_circuit_evaluations: int | None = None,
@@ -116,6 +129,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         self.batch_size = batch_size
         self.shots = shots
         self.backend = backend
+        self.gradient = gradient
         self.simulator_threads = simulator_threads
         self.max_memory_bytes = max_memory_bytes
         self.max_circuit_evaluations = max_circuit_evaluations
@@ -132,6 +146,15 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         if self.backend not in BACKENDS:
             raise ConfigurationError(
                 f"unknown backend {self.backend!r}; choose one of {', '.join(BACKENDS)}"
+            )
+        if self.gradient not in GRADIENTS:
+            raise ConfigurationError(
+                f"unknown gradient {self.gradient!r}; choose one of {', '.join(GRADIENTS)}"
+            )
+        if self.gradient == "adjoint" and (self.shots is not None or self.backend == "aer"):
+            raise ConfigurationError(
+                "gradient='adjoint' needs exact simulation on the numpy engine (shots=None, "
+                "backend 'auto' or 'numpy'); use gradient='parameter_shift' or 'auto'"
             )
         check_integer("maxiter", self.maxiter, 1, 100_000)
         check_integer("simulator_threads", self.simulator_threads, 0, 1024)
@@ -221,6 +244,9 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         initial = generator.uniform(-np.pi, np.pi, spec.n_weights)
         batch_size = None if self.optimizer == "cobyla" else self.batch_size
         objective = Objective(evaluator, X, targets, validation, batch_size, generator)
+        gradient = self._gradient_method(evaluator.backend)
+        if gradient is not None:
+            logger.info("Adam gradient: %s on the %s engine", gradient, evaluator.backend)
         result = optimize(
             objective,
             initial,
@@ -230,12 +256,14 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             rng=generator,
             callback=self.callback,
             checkpoint=checkpoint,
+            gradient=gradient or "parameter_shift",
         )
         self._set_fitted(spec, result.weights, evaluator)
         self.resumed_from_ = result.resumed_from
         self.initial_weights_ = initial
         self._set_history(result.history)
         self.backend_ = evaluator.backend
+        self.gradient_ = gradient
         self.circuit_evaluations_ = evaluator.counters.circuit_evaluations
         self.primitive_calls_ = evaluator.counters.primitive_calls
         self.fit_time_ = time.perf_counter() - started
@@ -261,23 +289,40 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         """
         self._check_params()
         spec = self._spec(n_features, n_classes)
-        per_step = steps_per_iteration(self.optimizer, spec.n_weights)
+        gradient = self._gradient_method(planned_backend(spec, self.shots, self.backend))
+        per_step = steps_per_iteration(self.optimizer, spec.n_weights, gradient or "")
         batch = (
             n_samples
             if self.optimizer == "cobyla"
             else min(n_samples, self.batch_size or n_samples)
         )
-        # The numpy engine keeps every sample's encoded state; both engines hold a working batch.
+        # The numpy engine keeps every sample's encoded state; both engines hold a working batch;
+        # the adjoint gradient adds its tape (each worker thread's block of samples, per layer).
         cached = n_samples + n_validation if self.shots is None else 0
+        tape = 0
+        if gradient == "adjoint":
+            tape = adjoint_states_held(spec, batch, resolve_threads(self.simulator_threads))
         estimate = estimate_resources(
             spec.n_qubits,
-            n_states_held=cached + 2,
+            n_states_held=cached + 2 + tape,
             circuit_evaluations=self.maxiter * (per_step * batch + n_validation)
             + n_samples
             + n_validation,
         )
         check_resources(estimate, self.max_memory_bytes, self.max_circuit_evaluations)
         return spec, estimate
+
+    def _gradient_method(self, backend: str) -> str | None:
+        """Adam's gradient method on ``backend``; ``None`` for the other optimizers."""
+        if self.optimizer != "adam":
+            return None
+        if self.gradient == "auto":
+            return "adjoint" if backend == "numpy" else "parameter_shift"
+        if self.gradient == "adjoint" and backend != "numpy":
+            raise ConfigurationError(
+                f"gradient='adjoint' needs the numpy engine; this circuit runs on {backend}"
+            )
+        return str(self.gradient)
 
     def _set_fitted(self, spec: CircuitSpec, weights: np.ndarray, evaluator: CircuitEvaluator):
         self.spec_ = spec

@@ -10,6 +10,7 @@ around all of them by whoever runs them.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import threading
 from collections.abc import Iterator
@@ -94,6 +95,18 @@ def shared_blas_threads(threads: int) -> Iterator[None]:
         yield
 
 
+@functools.cache
+def _blas_controller() -> Any:
+    """The handle of threadpoolctl on the loaded BLAS libraries, found once.
+
+    ``threadpool_limits`` looks for the libraries on every call (about a millisecond); the
+    adjoint gradient sets the limit at every optimizer step.
+    """
+    from threadpoolctl import ThreadpoolController
+
+    return ThreadpoolController().select(user_api="blas")
+
+
 _blas_lock = threading.Lock()
 _blas_users = 0
 _blas_limiter: Any = None
@@ -110,7 +123,7 @@ def single_threaded_blas() -> Iterator[None]:
     global _blas_users, _blas_limiter
     with _blas_lock:
         if _blas_users == 0:
-            _blas_limiter = threadpool_limits(limits=1, user_api="blas")
+            _blas_limiter = _blas_controller().limit(limits=1)
         _blas_users += 1
     try:
         yield

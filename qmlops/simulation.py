@@ -14,7 +14,9 @@ Two engines compute the same numbers:
   For small circuits with more samples than amplitudes it builds the ansatz unitary of each
   weight point (by running the ansatz on the identity) and applies it to all encoded states in
   one matrix product. It matches Aer to 1e-9 and is chosen automatically for exact evaluation
-  of circuits up to :data:`NUMPY_MAX_QUBITS` qubits.
+  of circuits up to :data:`NUMPY_MAX_QUBITS` qubits. It also gives the exact gradient of a
+  loss by the adjoint method (:meth:`CircuitEvaluator.loss_gradient`): one taped forward pass
+  and one backward sweep over the fused ansatz, by blocks of samples.
 
 Threads: ``simulator_threads=0`` (the default) resolves, when the evaluator is built, to the
 cores this process may use capped by the current ``threadpoolctl`` limit
@@ -31,7 +33,7 @@ import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, get_args
 
@@ -45,14 +47,17 @@ from qmlops.statevector import (
     FusedProgram,
     Program,
     Readout,
+    Tape,
     UnsupportedCircuitError,
     Workspace,
     compile_program,
     encode,
     fuse_program,
+    group_cotangents,
     group_matrices,
     parallel_map,
     run_fused,
+    weight_gradient,
 )
 
 __all__ = ["BACKENDS", "CircuitEvaluator", "EvaluationCounters", "UnsupportedCircuitError"]
@@ -80,6 +85,11 @@ _PARALLEL_MIN_AMPLITUDES = 2**20
 """Below this many amplitudes per call, worker threads cost more than they save (measured on
 2 cores: at 6 qubits x 73 points x 48 samples a second thread made a call slower, at 8 qubits
 x 65 x 48 it gained 15 %, at 10 qubits x 81 x 48 45-65 %)."""
+_TAPE_AMPLITUDES = 2**20
+"""Amplitudes per block of samples of the adjoint gradient (its tape keeps every group's input
+states of a block: 16 MiB each). Measured on one thread at 16 qubits (16 samples), the gradient
+took 650 ms in blocks of 2**17 amplitudes, 394 ms of 2**19 and 315 ms of 2**21: narrow blocks
+make narrow matrix products; at 12 qubits (48 samples) 2**17 and above were alike."""
 _UNITARY_MAX_QUBITS = 10
 _GEMM_SPEEDUP = 8
 
@@ -87,6 +97,12 @@ Request = tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarr
 """``(features, weights[, rows])``: features ``(N, n_qubits)``, weight points ``(M, n_weights)``
 and optionally the indices of the rows of ``features`` to evaluate (a mini-batch); the encoded
 states of the whole ``features`` array stay cached, so mini-batches reuse them."""
+
+ProbabilityCotangent = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``(probabilities (L, K), positions (L,)) -> dL/dp (L, K)``: the loss's derivative with
+respect to the class probabilities of some of the evaluated samples (``positions`` index the
+evaluated rows). The loss must be a sum over samples, so blocks of samples can be handled
+apart."""
 
 
 @functools.lru_cache(maxsize=64)
@@ -97,6 +113,46 @@ def _programs(spec: CircuitSpec) -> tuple[Program, FusedProgram]:
         compile_program(feature_map, features=list(feature_map.parameters)),
         fuse_program(compile_program(ansatz, weights=list(ansatz.parameters)), _GROUP_QUBITS),
     )
+
+
+def planned_backend(spec: CircuitSpec, shots: int | None, requested: str) -> str:
+    """The engine a :class:`CircuitEvaluator` for these arguments runs (``"numpy"`` or ``"aer"``).
+
+    Raises:
+        UnsupportedCircuitError: If ``requested`` is ``"numpy"`` and the engine cannot lower
+            the circuit.
+    """
+    return "aer" if _numpy_programs(spec, shots, requested) is None else "numpy"
+
+
+def _numpy_programs(
+    spec: CircuitSpec, shots: int | None, requested: str
+) -> tuple[Program, FusedProgram] | None:
+    """The numpy engine's programs if it runs this circuit, else ``None`` (Aer runs it)."""
+    if requested == "aer":
+        return None
+    wants_numpy = requested == "numpy" or (shots is None and spec.n_qubits <= NUMPY_MAX_QUBITS)
+    if not wants_numpy:
+        return None
+    try:
+        return _programs(spec)
+    except UnsupportedCircuitError:
+        if requested == "numpy":
+            raise
+        return None
+
+
+def adjoint_states_held(spec: CircuitSpec, n_samples: int, threads: int) -> int:
+    """Statevectors the adjoint gradient holds at once, beyond the forward pass's (size guard).
+
+    Each worker thread tapes a block of samples: one state per sample for every group of its
+    layers and the final states, plus the cotangent and a scratch copy in the backward sweep.
+    """
+    ansatz = _programs(spec)[1]
+    dim = 2**spec.n_qubits
+    block = max(1, min(n_samples, _TAPE_AMPLITUDES // dim))
+    blocks = -(-n_samples // block)
+    return min(threads, blocks) * block * (ansatz.n_passes + 3)
 
 
 def _fingerprint(array: np.ndarray) -> str:
@@ -197,20 +253,8 @@ class CircuitEvaluator:
         self._workspaces = threading.local()
 
     def _resolve_backend(self, requested: str) -> str:
-        if requested == "aer":
-            return "aer"
-        wants_numpy = requested == "numpy" or (
-            self.shots is None and self.spec.n_qubits <= NUMPY_MAX_QUBITS
-        )
-        if not wants_numpy:
-            return "aer"
-        try:
-            self._programs = _programs(self.spec)
-        except UnsupportedCircuitError:
-            if requested == "numpy":
-                raise
-            return "aer"
-        return "numpy"
+        self._programs = _numpy_programs(self.spec, self.shots, requested)
+        return "aer" if self._programs is None else "numpy"
 
     @property
     def states_held(self) -> int:
@@ -289,9 +333,7 @@ class CircuitEvaluator:
         self, requests: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
     ) -> list[np.ndarray]:
         assert self._programs is not None
-        if self._readout is None:
-            self._readout = Readout.of(self._outcome_class, self.spec.n_classes)
-        readout = self._readout
+        readout = self._get_readout()
         results = []
         for features, weights, rows in requests:
             encoded = self.encode(features)  # (D, N): rows selects the columns to evaluate
@@ -373,9 +415,7 @@ class CircuitEvaluator:
         matrices = group_matrices(ansatz, weights)
 
         def run_block(block: tuple[int, int]) -> None:
-            workspace = getattr(self._workspaces, "workspace", None)
-            if workspace is None:
-                workspace = self._workspaces.workspace = Workspace()
+            workspace = self._workspace()
             p0, s0 = block
             points = slice(p0, p0 + points_chunk)
             states = np.take(encoded, rows[s0 : s0 + samples_chunk], axis=1)[None]  # (1, D, L)
@@ -394,6 +434,191 @@ class CircuitEvaluator:
                 parallel_map(run_block, blocks, threads)
         else:
             parallel_map(run_block, blocks, 1)
+
+    # -- exact gradient (adjoint method) ---------------------------------------------
+
+    @property
+    def supports_adjoint(self) -> bool:
+        """Whether :meth:`loss_gradient` is available (exact numpy engine)."""
+        return self.backend == "numpy"
+
+    def loss_gradient(
+        self,
+        features: np.ndarray,
+        weights: np.ndarray,
+        cotangent: ProbabilityCotangent,
+        rows: np.ndarray | None = None,
+        requests: Sequence[Request] = (),
+    ) -> tuple[np.ndarray, np.ndarray, list[np.ndarray]]:
+        """Class probabilities and the exact gradient of a loss, by the adjoint method.
+
+        One forward pass keeps each group's input states (a block of samples at a time); one
+        backward sweep over the fused ansatz then gives the cotangent of every group matrix,
+        summed over the samples, and from those the gradient of every weight. It costs a few
+        forward passes whatever the number of weights.
+
+        Args:
+            features: Features ``(N, n_qubits)``.
+            weights: One weight point ``(n_weights,)``.
+            cotangent: ``dL/dp`` of the loss ``L`` (see :data:`ProbabilityCotangent`).
+            rows: Indices of the rows of ``features`` to evaluate (default: all).
+            requests: More requests to evaluate in the same call, as in
+                :meth:`class_probabilities` (validation data, for instance).
+
+        Returns:
+            Probabilities ``(len(rows), n_classes)``, ``dL/dθ`` ``(n_weights,)`` and the
+            probabilities of ``requests``.
+
+        Raises:
+            ConfigurationError: If the evaluator does not run the numpy engine.
+            InputError: For malformed or non-finite inputs.
+            SimulationError: If the result is not finite.
+        """
+        if not self.supports_adjoint:
+            raise ConfigurationError(
+                "the adjoint gradient needs the exact numpy engine; use parameter shift"
+            )
+        started = time.perf_counter()
+        weights = np.asarray(weights, dtype=np.float64)
+        features, points, rows = self._check_request(features, weights.reshape(1, -1), rows)
+        checked = [self._check_request(*request) for request in requests]
+        assert self._programs is not None
+        ansatz = self._programs[1]
+        encoded = self.encode(features)
+        readout = self._get_readout()
+        matrices = group_matrices(ansatz, points)
+        probabilities = np.empty((rows.shape[0], self.spec.n_classes))
+        # The sweep's matrix products are small (a group matrix against a block of states):
+        # BLAS threads gain nothing there, and on a busy machine their hand-offs cost more
+        # than the products. The engine's own worker threads split large batches instead.
+        with single_threaded_blas():
+            if self._use_unitary(rows.shape[0], 1):
+                cotangents = self._cotangents_by_unitary(
+                    np.take(encoded, rows, axis=1), matrices, readout, cotangent, probabilities
+                )
+            else:
+                cotangents = self._cotangents_by_states(
+                    encoded, rows, matrices, readout, cotangent, probabilities
+                )
+        gradient = weight_gradient(ansatz, points[0], cotangents)
+        others = self._numpy_probabilities(checked)
+        self.counters.seconds += time.perf_counter() - started
+        self.counters.primitive_calls += 1
+        size = rows.shape[0] + sum(len(r) * w.shape[0] for _, w, r in checked)
+        self.counters.circuit_evaluations += size
+        self.counters.per_call_sizes.append(size)
+        finite = [np.all(np.isfinite(array)) for array in (probabilities, gradient, *others)]
+        if not all(finite):
+            raise SimulationError("the simulator returned a non-finite gradient or probabilities")
+        return probabilities, gradient, others
+
+    def _get_readout(self) -> Readout:
+        if self._readout is None:
+            self._readout = Readout.of(self._outcome_class, self.spec.n_classes)
+        return self._readout
+
+    def _workspace(self) -> Workspace:
+        workspace = getattr(self._workspaces, "workspace", None)
+        if workspace is None:
+            workspace = self._workspaces.workspace = Workspace()
+        return workspace
+
+    def _tape(self) -> Tape:
+        tape = getattr(self._workspaces, "tape", None)
+        if tape is None:
+            tape = self._workspaces.tape = Tape()
+        return tape
+
+    @staticmethod
+    def _output_cotangent(
+        amplitudes: np.ndarray,
+        readout: Readout,
+        cotangent: ProbabilityCotangent,
+        positions: np.ndarray,
+        real: bool,
+        out: np.ndarray,
+    ) -> np.ndarray:
+        """Probabilities into ``out``; returns what the backward sweep carries at the output.
+
+        With ``p_k = Σ_b [class(b) = k] |ψ_b|²``, ``dL/dψ_b* = (dL/dp_class(b)) ψ_b``.
+        """
+        probabilities = readout(amplitudes, consume=False)[0]  # (L, K)
+        out[...] = probabilities
+        per_state = np.matmul(cotangent(probabilities, positions), readout.onehot).T  # (D, L)
+        if real:
+            return (per_state * amplitudes[0]).view(np.float64)
+        return per_state * np.conj(amplitudes[0])
+
+    def _cotangents_by_unitary(
+        self,
+        states: np.ndarray,
+        matrices: list[np.ndarray],
+        readout: Readout,
+        cotangent: ProbabilityCotangent,
+        out: np.ndarray,
+    ) -> list[np.ndarray | None]:
+        """Tape the ansatz on the identity (giving U), then propagate ``dL/dU`` back through it."""
+        assert self._programs is not None
+        ansatz = self._programs[1]
+        dim, real = states.shape[0], ansatz.is_real
+        tape = self._tape()
+        identity = np.eye(dim, dtype=np.float64 if real else np.complex128)[None]
+        unitary = run_fused(ansatz, identity, matrices=matrices, tape=tape)[0]
+        inputs = states.view(np.float64) if real else states
+        amplitudes = np.matmul(unitary, inputs)
+        if real:
+            amplitudes = amplitudes.view(np.complex128)
+        carried = self._output_cotangent(
+            amplitudes[None], readout, cotangent, np.arange(states.shape[1]), real, out
+        )
+        # conj(dL/dU) = Σ_samples conj(λ) φ^T: column j is the cotangent of U's column j.
+        at_unitary = np.matmul(carried, inputs.T)[None]
+        return group_cotangents(ansatz, matrices, tape, at_unitary, self._workspace())
+
+    def _cotangents_by_states(
+        self,
+        encoded: np.ndarray,
+        rows: np.ndarray,
+        matrices: list[np.ndarray],
+        readout: Readout,
+        cotangent: ProbabilityCotangent,
+        out: np.ndarray,
+    ) -> list[np.ndarray | None]:
+        """Tape and sweep back blocks of samples (over worker threads); sum their cotangents."""
+        assert self._programs is not None
+        ansatz = self._programs[1]
+        dim, n_samples, real = encoded.shape[0], rows.shape[0], ansatz.is_real
+        chunk = max(1, min(n_samples, _TAPE_AMPLITUDES // dim))
+        starts = list(range(0, n_samples, chunk))
+        threads = self.threads if n_samples * dim >= _PARALLEL_MIN_AMPLITUDES else 1
+        per_block: dict[int, list[np.ndarray | None]] = {}
+
+        def run_block(start: int) -> None:
+            positions = np.arange(start, min(start + chunk, n_samples))
+            states = np.take(encoded, rows[positions], axis=1)[None]  # (1, D, L)
+            tape = self._tape()
+            result = run_fused(
+                ansatz, states.view(np.float64) if real else states, matrices=matrices, tape=tape
+            )
+            amplitudes = result.view(np.complex128) if real else result
+            carried = self._output_cotangent(
+                amplitudes,
+                readout,
+                cotangent,
+                positions,
+                real,
+                out[start : start + positions.shape[0]],
+            )
+            per_block[start] = group_cotangents(
+                ansatz, matrices, tape, carried[None], self._workspace()
+            )
+
+        parallel_map(run_block, starts, threads)
+        blocks = [per_block[start] for start in starts]
+        return [
+            None if parts[0] is None else np.sum(parts, axis=0)
+            for parts in zip(*blocks, strict=True)
+        ]
 
     # -- Aer primitives -----------------------------------------------------------------
 

@@ -1,8 +1,11 @@
-"""Optimizers for the variational weights: Adam (parameter-shift gradients), SPSA and COBYLA.
+"""Optimizers for the variational weights: Adam (exact gradients), SPSA and COBYLA.
 
 Each optimizer step makes ONE batched evaluator call: the current weights (on the training and
-the validation samples) plus, for Adam, all ``2P`` shifted weight points, or for SPSA the two
-perturbed points. The loss is the mean cross-entropy of the class probabilities.
+the validation samples) plus, for SPSA, the two perturbed points, or for Adam with parameter
+shift all ``2P`` shifted weight points. Adam's other gradient, the adjoint method of the exact
+numpy engine, needs only the current point: one forward pass that keeps each layer's input and
+one backward sweep give the gradient of every weight. The loss is the mean cross-entropy of the
+class probabilities.
 """
 
 from __future__ import annotations
@@ -16,10 +19,12 @@ from scipy.optimize import minimize
 
 from qmlops.checkpoint import CheckpointStore
 from qmlops.errors import ConfigurationError
-from qmlops.simulation import CircuitEvaluator
+from qmlops.simulation import CircuitEvaluator, ProbabilityCotangent
 
 OptimizerName = Literal["adam", "spsa", "cobyla"]
 OPTIMIZERS: tuple[str, ...] = get_args(OptimizerName)
+GradientName = Literal["auto", "adjoint", "parameter_shift"]
+GRADIENTS: tuple[str, ...] = get_args(GradientName)
 
 _EPSILON = 1e-10
 _SHIFT = np.pi / 2
@@ -63,6 +68,24 @@ def cross_entropy(probabilities: np.ndarray, targets: np.ndarray) -> np.ndarray:
     """
     picked = probabilities[:, np.arange(targets.shape[0]), targets]
     return np.asarray(-np.log(np.clip(picked, _EPSILON, 1.0)).mean(axis=1))
+
+
+def cross_entropy_cotangent(targets: np.ndarray) -> ProbabilityCotangent:
+    """``dL/dp`` of the mean cross-entropy of ``len(targets)`` samples (see :func:`cross_entropy`).
+
+    The derivative is taken at the clipped probability, as the parameter-shift rule of
+    :func:`optimize` takes it, so both gradients agree everywhere.
+    """
+    n_samples = targets.shape[0]
+
+    def cotangent(probabilities: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        result = np.zeros_like(probabilities)
+        picked_rows = np.arange(positions.shape[0])
+        picked = np.clip(probabilities[picked_rows, targets[positions]], _EPSILON, 1.0)
+        result[picked_rows, targets[positions]] = -1.0 / (n_samples * picked)
+        return result
+
+    return cotangent
 
 
 class Objective:
@@ -120,21 +143,45 @@ class Objective:
             requests.append((self.validation[0], points[:1]))
         results = self.evaluator.class_probabilities(requests)  # type: ignore[arg-type]
         probabilities = results[0]
-        validation_accuracy = None
-        if self.validation is not None:
-            predicted = results[1][0].argmax(axis=1)
-            validation_accuracy = float(np.mean(predicted == self.validation[1]))
-        record = IterationRecord(
-            iteration=0,
-            loss=float(cross_entropy(probabilities[:1], self.targets)[0]),
-            train_accuracy=float(np.mean(probabilities[0].argmax(axis=1) == self.targets)),
-            validation_accuracy=validation_accuracy,
+        record = self._record(
+            probabilities[0], results[1][0] if self.validation is not None else None
         )
         return probabilities, record
 
+    def loss_gradient(self, weights: np.ndarray) -> tuple[np.ndarray, IterationRecord]:
+        """The exact gradient of the loss at ``weights (P,)`` by the adjoint method.
 
-def steps_per_iteration(optimizer: str, n_weights: int) -> int:
-    """Weight points evaluated per iteration (for resource estimates)."""
+        Returns:
+            ``dL/dθ (P,)`` and the record for ``weights``.
+        """
+        requests = [] if self.validation is None else [(self.validation[0], weights[None, :])]
+        probabilities, gradient, others = self.evaluator.loss_gradient(
+            self.features, weights, cross_entropy_cotangent(self.targets), self.rows, requests
+        )
+        return gradient, self._record(probabilities, others[0][0] if others else None)
+
+    def _record(self, probabilities: np.ndarray, validation: np.ndarray | None) -> IterationRecord:
+        """The record of one weight point: training ``(N, K)``, validation probabilities."""
+        validation_accuracy = None
+        if self.validation is not None and validation is not None:
+            predicted = validation.argmax(axis=1)
+            validation_accuracy = float(np.mean(predicted == self.validation[1]))
+        return IterationRecord(
+            iteration=0,
+            loss=float(cross_entropy(probabilities[None], self.targets)[0]),
+            train_accuracy=float(np.mean(probabilities.argmax(axis=1) == self.targets)),
+            validation_accuracy=validation_accuracy,
+        )
+
+
+def steps_per_iteration(optimizer: str, n_weights: int, gradient: str = "parameter_shift") -> int:
+    """Weight points evaluated per iteration (for resource estimates).
+
+    Adam's adjoint gradient evaluates the current point only (its backward sweep is counted
+    in the memory plan, not here).
+    """
+    if optimizer == "adam" and gradient == "adjoint":
+        return 1
     return {"adam": 2 * n_weights + 1, "spsa": 3, "cobyla": 1}[optimizer]
 
 
@@ -148,6 +195,7 @@ def optimize(
     rng: np.random.Generator,
     callback: ProgressCallback | None = None,
     checkpoint: CheckpointStore | None = None,
+    gradient: str = "parameter_shift",
 ) -> TrainingResult:
     """Train the weights.
 
@@ -166,22 +214,32 @@ def optimize(
         checkpoint: Where to snapshot the state every ``checkpoint.every`` iterations and
             whence to resume (Adam and SPSA; COBYLA's state lives inside SciPy and always
             starts afresh).
+        gradient: Adam's gradient: ``"parameter_shift"`` (any evaluator) or ``"adjoint"``
+            (the exact numpy engine; the same numbers from one forward and one backward pass).
 
     Returns:
         The final weights and the history.
 
     Raises:
-        ConfigurationError: For an unknown optimizer.
+        ConfigurationError: For an unknown optimizer or gradient, or an adjoint gradient on an
+            evaluator without one.
     """
     if optimizer not in OPTIMIZERS:
         raise ConfigurationError(f"unknown optimizer {optimizer!r}; choose one of {OPTIMIZERS}")
+    if gradient not in ("parameter_shift", "adjoint"):
+        raise ConfigurationError(
+            f"unknown gradient {gradient!r}; choose 'parameter_shift' or 'adjoint'"
+        )
+    if gradient == "adjoint" and not objective.evaluator.supports_adjoint:
+        raise ConfigurationError("the adjoint gradient needs the exact numpy engine")
     progress = _Progress(objective, rng, callback, checkpoint if optimizer != "cobyla" else None)
     weights = np.array(initial_weights, dtype=np.float64)
     if optimizer == "cobyla":
         weights = _cobyla(objective, weights, maxiter, learning_rate, progress.record)
+    elif optimizer == "adam":
+        weights = _adam(objective, weights, maxiter, learning_rate, progress, gradient)
     else:
-        step = _adam if optimizer == "adam" else _spsa
-        weights = step(objective, weights, maxiter, learning_rate, rng, progress)
+        weights = _spsa(objective, weights, maxiter, learning_rate, rng, progress)
     return TrainingResult(
         weights=weights, history=progress.history, resumed_from=progress.resumed_from
     )
@@ -261,10 +319,9 @@ def _adam(
     weights: np.ndarray,
     maxiter: int,
     learning_rate: float,
-    rng: np.random.Generator,
     progress: _Progress,
+    gradient_method: str,
 ) -> np.ndarray:
-    del rng  # deterministic
     record = progress.record
     beta1, beta2, eps = 0.9, 0.999, 1e-8
     n_weights = weights.shape[0]
@@ -278,14 +335,11 @@ def _adam(
     shifts = np.concatenate([np.eye(n_weights), -np.eye(n_weights)]) * _SHIFT
     for t in range(done + 1, maxiter + 1):
         objective.next_batch()
-        rows = np.arange(objective.targets.shape[0])
-        points = np.concatenate([weights[None, :], weights[None, :] + shifts])
-        probabilities, entry = objective(points)
-        record(entry)
-        # Parameter shift: dp/dθ_j = (p(θ + π/2 e_j) - p(θ - π/2 e_j)) / 2, exact for these gates.
-        picked = np.clip(probabilities[:, rows, objective.targets], _EPSILON, 1.0)
-        dp = (picked[1 : n_weights + 1] - picked[n_weights + 1 :]) / 2.0  # (P, N)
-        gradient = -(dp / picked[0][None, :]).mean(axis=1)
+        if gradient_method == "adjoint":
+            gradient, entry = objective.loss_gradient(weights)
+            record(entry)
+        else:
+            gradient = _parameter_shift_gradient(objective, weights, shifts, record)
         first_moment = beta1 * first_moment + (1 - beta1) * gradient
         second_moment = beta2 * second_moment + (1 - beta2) * gradient**2
         corrected_first = first_moment / (1 - beta1**t)
@@ -299,6 +353,24 @@ def _adam(
     objective.next_batch()
     record(objective(weights[None, :])[1])
     return weights
+
+
+def _parameter_shift_gradient(
+    objective: Objective,
+    weights: np.ndarray,
+    shifts: np.ndarray,
+    record: Callable[[IterationRecord], None],
+) -> np.ndarray:
+    """The loss gradient from ``2P`` shifted points, evaluated with ``weights`` in one call."""
+    n_weights = weights.shape[0]
+    rows = np.arange(objective.targets.shape[0])
+    points = np.concatenate([weights[None, :], weights[None, :] + shifts])
+    probabilities, entry = objective(points)
+    record(entry)
+    # Parameter shift: dp/dθ_j = (p(θ + π/2 e_j) - p(θ - π/2 e_j)) / 2, exact for these gates.
+    picked = np.clip(probabilities[:, rows, objective.targets], _EPSILON, 1.0)
+    dp = (picked[1 : n_weights + 1] - picked[n_weights + 1 :]) / 2.0  # (P, N)
+    return np.asarray(-(dp / picked[0][None, :]).mean(axis=1))
 
 
 def _spsa(

@@ -1,0 +1,243 @@
+"""The adjoint gradient of the numpy engine equals parameter shift and finite differences."""
+
+from __future__ import annotations
+
+import itertools
+
+import numpy as np
+import pytest
+from qiskit import QuantumCircuit
+from qiskit.circuit import ParameterVector
+
+import qmlops.simulation as simulation
+from qmlops import QuantumClassifier
+from qmlops.circuits import ANSATZE, ENTANGLEMENTS, FEATURE_MAPS, CircuitSpec
+from qmlops.errors import ConfigurationError
+from qmlops.simulation import CircuitEvaluator
+from qmlops.statevector import (
+    Readout,
+    Tape,
+    compile_program,
+    fuse_program,
+    group_cotangents,
+    group_matrices,
+    run_fused,
+    weight_gradient,
+)
+from qmlops.training import cross_entropy, cross_entropy_cotangent
+
+SHIFT = np.pi / 2
+
+
+def parameter_shift_gradient(
+    evaluator: CircuitEvaluator,
+    features: np.ndarray,
+    weights: np.ndarray,
+    targets: np.ndarray,
+    rows: np.ndarray,
+) -> np.ndarray:
+    """The mean cross-entropy's gradient from 2P shifted points (the trainer's reference rule)."""
+    n_weights = weights.shape[0]
+    shifts = np.concatenate([np.eye(n_weights), -np.eye(n_weights)]) * SHIFT
+    points = np.concatenate([weights[None], weights[None] + shifts])
+    probabilities = evaluator.class_probabilities([(features, points, rows)])[0]
+    picked = np.clip(probabilities[:, np.arange(rows.shape[0]), targets], 1e-10, 1.0)
+    dp = (picked[1 : n_weights + 1] - picked[n_weights + 1 :]) / 2.0
+    return np.asarray(-(dp / picked[0][None, :]).mean(axis=1))
+
+
+def finite_difference_gradient(
+    evaluator: CircuitEvaluator,
+    features: np.ndarray,
+    weights: np.ndarray,
+    targets: np.ndarray,
+    rows: np.ndarray,
+    step: float = 1e-5,
+) -> np.ndarray:
+    n_weights = weights.shape[0]
+    points = np.concatenate(
+        [weights[None] + step * np.eye(n_weights), weights[None] - step * np.eye(n_weights)]
+    )
+    probabilities = evaluator.class_probabilities([(features, points, rows)])[0]
+    losses = cross_entropy(probabilities, targets)
+    return np.asarray((losses[:n_weights] - losses[n_weights:]) / (2 * step))
+
+
+@pytest.mark.parametrize(
+    ("feature_map", "ansatz", "entanglement"),
+    [
+        *itertools.product(FEATURE_MAPS, ANSATZE, ["reverse_linear"]),
+        *itertools.product(["zz"], ANSATZE, [e for e in ENTANGLEMENTS if e != "reverse_linear"]),
+    ],
+)
+@pytest.mark.parametrize(("n_qubits", "n_classes", "batch"), [(3, 2, 1), (5, 3, 7), (6, 4, 12)])
+def test_adjoint_gradient_equals_parameter_shift_and_finite_differences(
+    feature_map: str, ansatz: str, entanglement: str, n_qubits: int, n_classes: int, batch: int
+) -> None:
+    spec = CircuitSpec(
+        n_qubits=n_qubits,
+        n_classes=n_classes,
+        feature_map=feature_map,
+        ansatz=ansatz,
+        ansatz_reps=2,
+        entanglement=entanglement,
+    )
+    rng = np.random.default_rng(n_qubits * 100 + batch)
+    features = rng.uniform(0.0, np.pi, (15, n_qubits))
+    labels = rng.integers(0, n_classes, 15)
+    weights = rng.uniform(-np.pi, np.pi, spec.n_weights)
+    rows = np.sort(rng.choice(15, size=batch, replace=False))
+    targets = labels[rows]
+    evaluator = CircuitEvaluator(spec, backend="numpy")
+    shifted = parameter_shift_gradient(evaluator, features, weights, targets, rows)
+    differences = finite_difference_gradient(evaluator, features, weights, targets, rows)
+    expected = evaluator.class_probabilities([(features, weights[None], rows)])[0][0]
+    # Both paths: by the ansatz unitary (small circuits, many samples) and state by state.
+    for path in ("always", "never"):
+        evaluator.unitary_path = path
+        probabilities, gradient, _ = evaluator.loss_gradient(
+            features, weights, cross_entropy_cotangent(targets), rows
+        )
+        np.testing.assert_allclose(probabilities, expected, atol=1e-12)
+        np.testing.assert_allclose(gradient, shifted, atol=1e-9)
+        np.testing.assert_allclose(gradient, differences, atol=1e-9)
+    assert np.max(np.abs(shifted)) > 1e-3  # a gradient that is not trivially zero
+
+
+@pytest.mark.parametrize("group_qubits", [1, 3])
+def test_adjoint_gradient_of_every_gate_kind(group_qubits: int) -> None:
+    # Weight rotations of all four kinds (one weight used twice), fixed one-qubit gates, a
+    # permutation and a diagonal stage, on a loss that weighs every basis state.
+    theta = ParameterVector("t", 5)
+    circuit = QuantumCircuit(4)
+    circuit.h(range(4))
+    circuit.rx(theta[0], 0)
+    circuit.ry(theta[1], 1)
+    circuit.rz(theta[2], 2)
+    circuit.p(theta[3], 3)
+    circuit.cx(0, 2)
+    circuit.swap(1, 3)
+    circuit.cz(0, 1)
+    circuit.s(0)
+    circuit.sx(1)
+    circuit.ry(theta[4], 2)
+    circuit.cx(3, 0)
+    circuit.rx(theta[0], 3)
+    circuit.rz(theta[4], 1)
+    fused = fuse_program(compile_program(circuit, weights=list(theta)), group_qubits)
+    rng = np.random.default_rng(5)
+    states = rng.normal(size=(16, 3)) + 1j * rng.normal(size=(16, 3))
+    states /= np.linalg.norm(states, axis=0)
+    readout = Readout.of(np.arange(16) % 5, 5)
+    per_class = rng.normal(size=(3, 5))  # dL/dp of the linear loss L = Σ per_class * p
+
+    def loss(weights: np.ndarray) -> float:
+        amplitudes = run_fused(fused, states[None].copy(), weights[None])
+        return float(np.sum(per_class * readout(amplitudes)[0]))
+
+    weights = rng.uniform(-np.pi, np.pi, 5)
+    matrices = group_matrices(fused, weights[None])
+    tape = Tape()
+    amplitudes = run_fused(fused, states[None].copy(), matrices=matrices, tape=tape)
+    carried = (per_class @ readout.onehot).T * np.conj(amplitudes[0])
+    gradient = weight_gradient(
+        fused, weights, group_cotangents(fused, matrices, tape, carried[None])
+    )
+    step = 1e-5
+    expected = [
+        (loss(weights + step * unit) - loss(weights - step * unit)) / (2 * step)
+        for unit in np.eye(5)
+    ]
+    np.testing.assert_allclose(gradient, expected, atol=1e-9)
+
+
+def test_blocks_and_worker_threads_give_the_same_gradient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = CircuitSpec(n_qubits=5, n_classes=2, ansatz="efficient_su2", ansatz_reps=2)
+    rng = np.random.default_rng(8)
+    features = rng.uniform(0.0, np.pi, (9, 5))
+    targets = rng.integers(0, 2, 6)
+    weights = rng.uniform(-np.pi, np.pi, spec.n_weights)
+    rows = np.array([8, 0, 3, 3, 5, 1])
+    whole = CircuitEvaluator(spec, backend="numpy", simulator_threads=1)
+    whole.unitary_path = "never"
+    expected = whole.loss_gradient(features, weights, cross_entropy_cotangent(targets), rows)
+    # Blocks of one sample each, on two worker threads.
+    monkeypatch.setattr(simulation, "_TAPE_AMPLITUDES", 2**5)
+    monkeypatch.setattr(simulation, "_PARALLEL_MIN_AMPLITUDES", 1)
+    split = CircuitEvaluator(spec, backend="numpy", simulator_threads=2)
+    split.unitary_path = "never"
+    got = split.loss_gradient(features, weights, cross_entropy_cotangent(targets), rows)
+    assert split.counters.primitive_calls == 1
+    np.testing.assert_allclose(got[0], expected[0], atol=1e-13)
+    np.testing.assert_allclose(got[1], expected[1], atol=1e-12)
+
+
+@pytest.mark.parametrize("ansatz", ANSATZE)
+def test_training_with_the_adjoint_gradient_follows_parameter_shift(ansatz: str) -> None:
+    rng = np.random.default_rng(9)
+    X = rng.uniform(0.0, np.pi, (30, 4))
+    y = rng.integers(0, 3, 30)
+    models = {
+        gradient: QuantumClassifier(
+            feature_map="zz",
+            ansatz=ansatz,
+            maxiter=12,
+            batch_size=10,
+            gradient=gradient,
+            random_state=4,
+        ).fit(X[:24], y[:24], validation_data=(X[24:], y[24:]))
+        for gradient in ("adjoint", "parameter_shift")
+    }
+    adjoint, shifted = models["adjoint"], models["parameter_shift"]
+    assert adjoint.gradient_ == "adjoint"
+    assert shifted.gradient_ == "parameter_shift"
+    np.testing.assert_allclose(adjoint.weights_, shifted.weights_, atol=1e-7)
+    np.testing.assert_allclose(adjoint.loss_curve_, shifted.loss_curve_, atol=1e-9)
+    assert adjoint.validation_accuracy_curve_ == shifted.validation_accuracy_curve_
+    assert np.max(np.abs(adjoint.weights_ - adjoint.initial_weights_)) > 1e-2
+    # One call per step either way; the adjoint one evaluates the current point only.
+    assert adjoint.primitive_calls_ == shifted.primitive_calls_ == 13
+    assert adjoint.circuit_evaluations_ == 12 * (10 + 6) + 24 + 6
+
+
+def test_auto_gradient_is_adjoint_on_the_numpy_engine_only(
+    binary_data: tuple[np.ndarray, np.ndarray],
+) -> None:
+    X, y = binary_data
+    exact = QuantumClassifier(maxiter=2, random_state=0).fit(X, y)
+    on_aer = QuantumClassifier(maxiter=1, backend="aer", batch_size=4, random_state=0).fit(X, y)
+    cobyla = QuantumClassifier(optimizer="cobyla", maxiter=2, random_state=0).fit(X, y)
+    assert (exact.backend_, exact.gradient_) == ("numpy", "adjoint")
+    assert (on_aer.backend_, on_aer.gradient_) == ("aer", "parameter_shift")
+    assert cobyla.gradient_ is None
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        {"gradient": "backprop"},
+        {"gradient": "adjoint", "shots": 100},
+        {"gradient": "adjoint", "backend": "aer"},
+    ],
+)
+def test_impossible_gradient_refused_before_simulation(
+    params: dict[str, object], binary_data: tuple[np.ndarray, np.ndarray]
+) -> None:
+    X, y = binary_data
+    model = QuantumClassifier(maxiter=1, **params)  # type: ignore[arg-type]
+    with pytest.raises(ConfigurationError, match="gradient"):
+        model.fit(X, y)
+    assert not hasattr(model, "weights_")
+
+
+def test_size_guard_counts_the_adjoint_tape() -> None:
+    adjoint = QuantumClassifier(gradient="adjoint", simulator_threads=1, batch_size=64)
+    shifted = QuantumClassifier(gradient="parameter_shift", simulator_threads=1, batch_size=64)
+    _, with_tape = adjoint.plan(100, 0, 12, 2)
+    _, without = shifted.plan(100, 0, 12, 2)
+    spec = CircuitSpec(n_qubits=12, n_classes=2, feature_map="z", ansatz="efficient_su2")
+    tape = simulation.adjoint_states_held(spec, 64, 1)
+    assert tape > 0
+    assert with_tape.peak_memory_bytes == without.peak_memory_bytes + tape * 16 * 2**12
