@@ -8,6 +8,7 @@ and everything MLflow are not, so every flow run leaves a complete MLflow run of
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any, cast
 
 from prefect import flow, task
@@ -19,6 +20,7 @@ from qmlops.classifier import QuantumClassifier
 from qmlops.config import (
     CircuitConfig,
     DatasetConfig,
+    DeviceConfig,
     PromotionConfig,
     TrackingConfig,
     TrainingConfig,
@@ -26,6 +28,12 @@ from qmlops.config import (
 from qmlops.promotion import PromotionDecision
 from tasks.caching import cached
 from tasks.data import load_dataset, preprocess_features
+from tasks.devices import (
+    check_device_run,
+    evaluate_on_device_task,
+    log_device_results,
+    training_device,
+)
 from tasks.evaluation import evaluate_models
 from tasks.hygiene import close_or_remember, prepare_tracking
 from tasks.reporting import publish_summary
@@ -67,6 +75,7 @@ def train(
     tracking: TrackingConfig = TrackingConfig(),  # noqa: B008
     promotion: PromotionConfig = PromotionConfig(),  # noqa: B008
     force: bool = False,
+    device: DeviceConfig = DeviceConfig(),  # noqa: B008
 ) -> dict[str, Any]:
     """Train a variational quantum classifier and classical baselines, track everything.
 
@@ -77,6 +86,8 @@ def train(
         tracking: MLflow experiment, registered model name and tracking URI.
         promotion: When the registered version takes the `champion` alias.
         force: Recompute cached steps and train from scratch (ignore checkpoints).
+        device: Where the model is also evaluated (test_*_device metrics), optionally trained,
+            and the shot / QPU-time budget that run may use.
 
     Returns:
         The MLflow run id, model URI, registered version, test metrics per model, and
@@ -88,6 +99,7 @@ def train(
         data, dataset, circuit.n_qubits, training.random_state
     )
     check_training_size(prepared, circuit, training, data.n_classes)
+    device_plan = check_device_run(prepared, circuit, training, device, data.n_classes)
     if force:
         discard_checkpoints(prepared, circuit, training)
 
@@ -106,11 +118,15 @@ def train(
                 "training": training.model_dump(),
                 "tracking": tracking.model_dump(exclude={"tracking_uri"}),
                 "promotion": promotion.model_dump(),
+                "device": device.model_dump(),
             },
             data,
         )
         trained = cast(
-            State, training_task(training, force)(prepared, circuit, training, return_state=True)
+            State,
+            training_task(training, force)(
+                prepared, circuit, training, training_device(device), return_state=True
+            ),
         )
         classifier = cast(QuantumClassifier, trained.result())
         training_cached = trained.name == "Cached"
@@ -125,6 +141,13 @@ def train(
         evaluations = evaluate_models({"quantum": classifier, **baselines}, prepared)
         log_training(run, classifier)
         log_evaluation(run, evaluations)
+        device_result = None
+        if device_plan is not None:
+            log_device_results(run, device_plan)  # the estimate, before anything runs there
+            device_result = evaluate_on_device_task(
+                classifier, prepared, device, device_plan, training.random_state
+            )
+            log_device_results(run, device_plan, device_result)
         model = log_model(
             run,
             classifier,
@@ -170,6 +193,7 @@ def train(
         "promotion": None if decision is None else decision.tags(),
         "training_cached": training_cached,
         "resumed_from_iteration": int(getattr(classifier, "resumed_from_", 0)),
+        "device": None if device_result is None else dataclasses.asdict(device_result),
     }
 
 

@@ -19,7 +19,7 @@ from prefect.logging import get_run_logger
 from qmlops.baselines import train_baselines as fit_baselines
 from qmlops.checkpoint import CheckpointStore, training_key
 from qmlops.classifier import QuantumClassifier
-from qmlops.config import ORCHESTRATION_FIELDS, CircuitConfig, TrainingConfig
+from qmlops.config import ORCHESTRATION_FIELDS, CircuitConfig, DeviceConfig, TrainingConfig
 from qmlops.training import IterationRecord
 from tasks import faults
 from tasks.caching import cached
@@ -43,13 +43,25 @@ CHECKPOINT_DIR_ENV = "QMLOPS_CHECKPOINT_DIR"
 
 
 def build_classifier(
-    circuit: CircuitConfig, training: TrainingConfig, **extra: Any
+    circuit: CircuitConfig,
+    training: TrainingConfig,
+    device: DeviceConfig | None = None,
+    **extra: Any,
 ) -> QuantumClassifier:
-    """Build the estimator from the flow parameters (field names equal estimator params)."""
+    """Build the estimator from the flow parameters (field names equal estimator params).
+
+    With ``device`` (training under a device's noise) it is a
+    :class:`~qmlops.noisy.DeviceClassifier`.
+    """
     params = {
         **circuit.model_dump(exclude={"n_qubits"}),
         **training.model_dump(exclude=ORCHESTRATION_FIELDS),
     }
+    if device is not None:
+        from qmlops.budget import device_classifier_params
+        from qmlops.noisy import DeviceClassifier
+
+        return DeviceClassifier(**params, **device_classifier_params(device), **extra)
     return QuantumClassifier(**params, **extra)
 
 
@@ -59,13 +71,18 @@ def checkpoint_dir() -> Path:
 
 
 def checkpoint_store(
-    prepared: PreparedData, circuit: CircuitConfig, training: TrainingConfig
+    prepared: PreparedData,
+    circuit: CircuitConfig,
+    training: TrainingConfig,
+    device: DeviceConfig | None = None,
 ) -> CheckpointStore:
-    """The checkpoints of training these data with these settings."""
+    """The checkpoints of training these data with these settings (on ``device``, if given)."""
+    on_device = {} if device is None else {"device": device.model_dump(mode="json")}
     key = training_key(
         data=prepared.fingerprint,
         circuit=circuit.model_dump(mode="json"),
         training=training.model_dump(mode="json", exclude=ORCHESTRATION_FIELDS),
+        **on_device,
     )
     return CheckpointStore(checkpoint_dir(), key, every=training.checkpoint_every)
 
@@ -78,9 +95,15 @@ def checkpoint_store(
     cache_policy=NO_CACHE,
 )
 def train_classifier(
-    prepared: PreparedData, circuit: CircuitConfig, training: TrainingConfig
+    prepared: PreparedData,
+    circuit: CircuitConfig,
+    training: TrainingConfig,
+    device: DeviceConfig | None = None,
 ) -> QuantumClassifier:
-    """Train the variational quantum classifier, checkpointing and logging progress."""
+    """Train the variational quantum classifier, checkpointing and logging progress.
+
+    With ``device``, every training evaluation is sampled under that device's noise.
+    """
     logger = get_run_logger()
     every = progress_interval(training.maxiter)
 
@@ -104,8 +127,8 @@ def train_classifier(
     validation = None
     if prepared.X_val is not None:
         validation = (prepared.X_val, prepared.raw.y_val)
-    store = checkpoint_store(prepared, circuit, training)
-    classifier = build_classifier(circuit, training, callback=report)
+    store = checkpoint_store(prepared, circuit, training, device)
+    classifier = build_classifier(circuit, training, device, callback=report)
     classifier.fit(
         prepared.X_train, prepared.raw.y_train, validation_data=validation, checkpoint=store
     )
