@@ -132,6 +132,10 @@ SWEEP_AXIS_OPTIONS: dict[str, tuple[str, Any]] = {
     "shots": ("shots", _optional_int),
     "seed": ("seed", int),
     "samples": ("samples", int),
+    "device": ("device", str),
+    "device_shots": ("device_shots", _optional_int),
+    "train_on": ("train_on", str),
+    "mitigation": ("mitigation", str),
 }
 
 

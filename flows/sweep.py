@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
 from threadpoolctl import threadpool_limits
 
-from qmlops.config import TrackingConfig
+from qmlops.config import DeviceConfig, TrackingConfig
 from qmlops.errors import InputError
 from qmlops.metrics import METRIC_NAMES
 from qmlops.sweep import (
@@ -35,6 +35,7 @@ from qmlops.sweep import (
     split_seed,
     switch_interval,
     threads_per_training,
+    with_device,
 )
 from qmlops.sweep_report import comparison_rows, outcome, select_best, selection_rule
 from tasks.data import load_dataset, preprocess_features
@@ -180,6 +181,7 @@ def sweep(
     space: SearchSpace = SearchSpace(),  # noqa: B008 - frozen pydantic defaults
     execution: SweepExecution = SweepExecution(),  # noqa: B008
     tracking: TrackingConfig = DEFAULT_TRACKING,
+    device: DeviceConfig | None = None,
 ) -> dict[str, Any]:
     """Train every configuration of a search space in parallel and compare them.
 
@@ -188,11 +190,13 @@ def sweep(
         execution: Task runner (threads or Ray), parallelism and how the best is picked.
         tracking: MLflow experiment, tracking URI and the name the best model is registered
             under (when ``execution.register_best``).
+        device: Device settings of every configuration where the space sets none (the space's
+            ``device`` axis varies the device itself).
 
     Returns:
         The parent MLflow run id, the comparison rows, the best row and the rule used.
     """
-    configurations = expand_search_space(space)
+    configurations = expand_search_space(with_device(space, device))
     api_url = get_current_settings().api.url
     # Fails fast on Ray without a server; else Ray starts in the background while the parent
     # run opens.

@@ -33,6 +33,12 @@ from qmlops.errors import ConfigurationError, InputError
 from qmlops.sweep import SweepConfiguration, SweepExecution, training_cost
 from qmlops.sweep_report import outcome
 from tasks.data import PreparedData
+from tasks.devices import (
+    check_device_run,
+    evaluate_on_device_task,
+    log_device_results,
+    training_device,
+)
 from tasks.evaluation import evaluate_models
 from tasks.hygiene import close_or_remember
 from tasks.tracking import (
@@ -112,6 +118,13 @@ def train_configuration(
         if own_process:
             limits.enter_context(threadpool_limits(limits=threads, user_api="blas"))
         _plan(configuration, prepared, dataset.n_classes)  # the size guard, before any run
+        device_plan = check_device_run(
+            prepared,
+            configuration.circuit,
+            configuration.training,
+            configuration.device,
+            dataset.n_classes,
+        )
         child = start_child_run(
             parent,
             run_name=configuration.name,
@@ -127,6 +140,7 @@ def train_configuration(
                     "dataset": configuration.dataset.model_dump(),
                     "circuit": configuration.circuit.model_dump(),
                     "training": configuration.training.model_dump(),
+                    "device": configuration.device.model_dump(),
                     "sweep": {
                         "configuration": configuration.name,
                         **{f"varied.{k}": v for k, v in configuration.varied.items()},
@@ -137,7 +151,12 @@ def train_configuration(
             )
             classifier = cast(
                 QuantumClassifier,
-                train_classifier(prepared, configuration.circuit, configuration.training),
+                train_classifier(
+                    prepared,
+                    configuration.circuit,
+                    configuration.training,
+                    training_device(configuration.device),
+                ),
             )
             evaluations = {
                 **evaluate_models({"quantum": classifier}, prepared),
@@ -145,6 +164,21 @@ def train_configuration(
             }
             log_training(child, classifier)
             log_evaluation(child, evaluations)
+            device_metrics: dict[str, float] = {}
+            if device_plan is not None:
+                log_device_results(child, device_plan)
+                on_device = evaluate_on_device_task(
+                    classifier,
+                    prepared,
+                    configuration.device,
+                    device_plan,
+                    configuration.training.random_state,
+                )
+                log_device_results(child, device_plan, on_device)
+                device_metrics = {f"{k}_device": v for k, v in on_device.metrics.items()}
+                device_metrics.update(
+                    {f"{k}_device_mitigated": v for k, v in on_device.mitigated_metrics.items()}
+                )
             log_model(child, classifier, prepared, list(dataset.feature_names), model_name, False)
             end_tracking_run(child, "FINISHED")
         except BaseException as error:
@@ -157,7 +191,7 @@ def train_configuration(
         configuration.name,
         configuration.varied,
         run_id=child.run_id,
-        metrics=evaluations["quantum"]["metrics"],
+        metrics={**evaluations["quantum"]["metrics"], **device_metrics},
         validation_accuracy=validation[-1] if validation else None,
         training_time_s=classifier.fit_time_,
         size={

@@ -270,3 +270,28 @@ def test_plan_counts_training_under_noise_and_refuses_before_any_circuit(
         is None
     )
     assert json.dumps(plan.estimate.metrics())
+
+
+# -- sweeps over devices ---------------------------------------------------------------------
+
+
+def test_sweep_space_varies_the_device() -> None:
+    from qmlops.sweep import expand, parse_space, with_device
+    from qmlops.sweep_report import comparison_rows, outcome
+
+    space = parse_space({"qubits": 2, "grid": {"device": ["ideal", "fake_manila"]}})
+    ideal, manila = expand(with_device(space, DeviceConfig(shots=64, mitigation="readout")))
+    assert (ideal.device.device, manila.device.device) == ("ideal", "fake_manila")
+    assert manila.device.shots == 64
+    assert manila.device.mitigation == "readout"
+    assert expand(space)[1].device.shots is None  # without the default device: no shots
+    rows = comparison_rows(
+        [
+            outcome("c000", {"device": "ideal"}, metrics={"accuracy": 0.9}),
+            outcome(
+                "c001", {"device": "fake_manila"}, metrics={"accuracy": 0.9, "accuracy_device": 0.7}
+            ),
+        ]
+    )
+    assert [row["test_accuracy_device"] for row in rows] == [None, 0.7]
+    assert "test_accuracy_device" not in comparison_rows([outcome("c", {}, metrics={})])[0]

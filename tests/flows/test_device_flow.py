@@ -168,3 +168,32 @@ def test_ibm_device_in_local_mode_never_records_the_token(
     for path in artifacts.rglob("*"):
         if path.is_file():
             assert TOKEN.encode() not in path.read_bytes(), path
+
+
+@pytest.mark.slow
+def test_sweep_over_devices_compares_device_accuracy(mlflow_uri: str) -> None:
+    from flows.sweep import sweep
+    from qmlops.sweep import SweepExecution, parse_space
+
+    space = parse_space(
+        {
+            "dataset": "moons",
+            "samples": 40,
+            "qubits": 2,
+            "reps": 1,
+            "maxiter": 2,
+            "batch_size": "none",
+            "device_shots": 64,
+            "grid": {"device": ["ideal", "fake_manila"]},
+        }
+    )
+    result = sweep(
+        space=space,
+        execution=SweepExecution(max_parallel=1),
+        tracking=TrackingConfig(experiment="devices"),
+    )
+    by_device = {row["device"]: row for row in result["rows"]}
+    assert by_device["ideal"]["test_accuracy_device"] is None
+    assert 0.0 <= by_device["fake_manila"]["test_accuracy_device"] <= 1.0
+    child = MlflowClient(mlflow_uri).get_run(by_device["fake_manila"]["mlflow_run_id"])
+    assert child.data.tags["qmlops.device"] == "fake_manila"
