@@ -18,7 +18,7 @@ from typing import Any
 
 from qmlops.classifier import QuantumClassifier
 from qmlops.config import DeviceConfig
-from qmlops.devices import Device, DeviceError, NoiseParameters, check_device_fits, resolve_device
+from qmlops.devices import Device, NoiseParameters, check_device_fits, resolve_device
 from qmlops.errors import SizeLimitError
 from qmlops.noisy import CALIBRATION_CIRCUITS_PER_QUBIT, DeviceClassifier, calibration_shots
 
@@ -198,8 +198,6 @@ def plan_device_run(
         return None
     check_device_fits(device, n_features, config.shots)
     assert config.shots is not None
-    if device.is_hardware and config.mitigation != "none":
-        raise DeviceError("readout mitigation is not supported on IBM hardware yet")
     training_circuits = training_calls = 0
     if config.train_on == "device":
         if not isinstance(classifier, DeviceClassifier):

@@ -5,7 +5,8 @@ The trained weights are evaluated on an ``ibm:<backend>`` device with
 the circuit is transpiled to the backend's target once and all test samples go into one job as
 a parameter-value array. The account comes from the environment
 (:func:`qmlops.devices.ibm_credentials`); the token is handed to ``QiskitRuntimeService`` and
-nowhere else.
+nowhere else. With ``mitigation="readout"`` mthree calibrates the measured qubits on the
+backend in the same batch, and the shots are scored raw and mitigated.
 
 Passing a fake backend as ``backend`` runs the same code in qiskit-ibm-runtime's local testing
 mode (Aer with the fake device's noise, no network), which is how it is tested.
@@ -29,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from qmlops.classifier import QuantumClassifier
-from qmlops.devices import Device, DeviceError, check_device_fits, ibm_credentials
+from qmlops.devices import Device, check_device_fits, ibm_credentials
 from qmlops.noisy import DeviceEvaluation, SampleFn, evaluate_on_device
 
 __all__ = ["JobTracker", "evaluate_on_ibm", "open_backend", "runtime_sample_fn"]
@@ -131,7 +132,8 @@ def evaluate_on_ibm(
         device: An ``ibm:<backend>`` device.
         shots: Shots per circuit.
         optimization_level: Transpiler optimisation level.
-        mitigation: Only ``"none"`` (readout calibration on hardware is not supported yet).
+        mitigation: ``"readout"`` also scores the shots after mthree readout mitigation,
+            calibrated on the backend in the same batch.
         seed: Unused on hardware; kept for the same signature as the simulators.
         backend: The backend to run on (default: opened with :func:`open_backend`); a fake
             backend selects local testing mode.
@@ -139,11 +141,8 @@ def evaluate_on_ibm(
         tracker: Collects the submitted jobs (default: a fresh one).
 
     Raises:
-        DeviceError: For readout mitigation on hardware.
         DeviceTooSmallError: If the backend has fewer qubits than the circuit.
     """
-    if mitigation != "none":
-        raise DeviceError("readout mitigation is not supported on IBM hardware yet")
     from qiskit_ibm_runtime import Batch
 
     backend = open_backend(device, environ) if backend is None else backend
@@ -159,9 +158,11 @@ def evaluate_on_ibm(
                 sized,
                 shots=shots,
                 optimization_level=optimization_level,
+                mitigation=mitigation,
                 seed=seed,
                 sample_fn=runtime_sample_fn(batch, tracker),
                 target=backend,
+                runtime_mode=batch,
             )
         except BaseException:
             # Stopped or failed: do not leave jobs queued on the QPU.

@@ -152,19 +152,34 @@ def transpile_for_device(
     )
 
 
-@functools.lru_cache(maxsize=16)
-def _mitigator(device: Device, layout: tuple[int, ...], shots: int) -> Any:
-    """An mthree mitigator calibrated on the device's simulator for these physical qubits."""
+def calibrated_mitigator(
+    system: Any, layout: tuple[int, ...], shots: int, runtime_mode: Any = None
+) -> Any:
+    """An mthree mitigator calibrated on ``system`` for these physical qubits.
+
+    Args:
+        system: A simulator or backend that runs the calibration circuits.
+        layout: Physical qubits measured.
+        shots: The run's shots (see :func:`calibration_shots`).
+        runtime_mode: IBM runtime Batch or Session the calibration jobs run in (hardware).
+    """
     import mthree
 
-    mitigator = mthree.M3Mitigation(device_simulator(device))
+    mitigator = mthree.M3Mitigation(system)
     mitigator.cals_from_system(
         list(layout),
         shots=calibration_shots(shots),
         method="independent",
         async_cal=False,
+        runtime_mode=runtime_mode,
     )
     return mitigator
+
+
+@functools.lru_cache(maxsize=16)
+def _simulator_mitigator(device: Device, layout: tuple[int, ...], shots: int) -> Any:
+    """Calibrated once per simulated device, physical qubits and shots (the noise is fixed)."""
+    return calibrated_mitigator(device_simulator(device), layout, shots)
 
 
 def _aer_sample_fn(device: Device, threads: int) -> SampleFn:
@@ -197,7 +212,9 @@ class DeviceEvaluator(CircuitEvaluator):
         simulator_threads: Threads Aer may use (``0``: automatic).
         sample_fn: Runs one sampler call (default: the device's Aer noise simulator);
             :mod:`qmlops.ibm_runtime` passes the IBM runtime's.
-        target: Backend to transpile for (default: the device's fake or generic backend).
+        target: Backend to transpile for (default: the device's fake or generic backend); on
+            hardware, readout calibration runs there too.
+        runtime_mode: IBM runtime Batch or Session of the hardware calibration jobs.
 
     Raises:
         ShotsRequiredError: If ``shots`` is ``None``.
@@ -217,6 +234,7 @@ class DeviceEvaluator(CircuitEvaluator):
         simulator_threads: int = 0,
         sample_fn: SampleFn | None = None,
         target: Any = None,
+        runtime_mode: Any = None,
     ) -> None:
         if device.source == "ideal":
             raise DeviceError("the ideal device runs on the exact path, not a DeviceEvaluator")
@@ -236,6 +254,8 @@ class DeviceEvaluator(CircuitEvaluator):
         self.mitigation = mitigation
         self._sample_fn = sample_fn
         self._target = target
+        self._runtime_mode = runtime_mode
+        self._hardware_mitigator: Any = None
         self.transpiled = transpile_for_device(device, spec, optimization_level, target)
         self._columns = self._transpiled_columns()
 
@@ -244,6 +264,8 @@ class DeviceEvaluator(CircuitEvaluator):
         state = super().__getstate__()
         state["_sample_fn"] = None
         state["_target"] = None
+        state["_runtime_mode"] = None
+        state["_hardware_mitigator"] = None
         return state
 
     def _transpiled_columns(self) -> np.ndarray:
@@ -280,7 +302,15 @@ class DeviceEvaluator(CircuitEvaluator):
         from qiskit.primitives import BitArray
 
         assert self.shots is not None
-        mitigator = _mitigator(self.device, self.transpiled.layout, self.shots)
+        if self._target is not None and self.device.is_hardware:
+            # A QPU's readout drifts: calibrate once per evaluator, in the run's batch.
+            if self._hardware_mitigator is None:
+                self._hardware_mitigator = calibrated_mitigator(
+                    self._target, self.transpiled.layout, self.shots, self._runtime_mode
+                )
+            mitigator = self._hardware_mitigator
+        else:
+            mitigator = _simulator_mitigator(self.device, self.transpiled.layout, self.shots)
         bits = BitArray(packed, self.spec.n_qubits)
         cells = [bits[index].get_counts() for index in np.ndindex(*packed.shape[:2])]
         quasis = mitigator.apply_correction(cells, list(self.transpiled.layout))
@@ -334,6 +364,7 @@ def evaluate_on_device(
     seed: int = 0,
     sample_fn: SampleFn | None = None,
     target: Any = None,
+    runtime_mode: Any = None,
 ) -> DeviceEvaluation:
     """Evaluate a fitted classifier's weights on a device with one sampler call.
 
@@ -352,6 +383,7 @@ def evaluate_on_device(
         mitigation=mitigation,
         sample_fn=sample_fn,
         target=target,
+        runtime_mode=runtime_mode,
     )
     X = np.asarray(X, dtype=np.float64)
     checked = [evaluator._check_request(X, classifier.weights_[None, :])]
