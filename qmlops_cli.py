@@ -78,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--maxiter", type=int, default=100)
     optim.add_argument("--learning-rate", type=float, default=0.1)
     optim.add_argument("--batch-size", type=_optional_int, default=48, help="'none': full batch")
-    optim.add_argument("--shots", type=_optional_int, default=None, help="default: exact")
+    optim.add_argument(
+        "--shots", type=_optional_int, default=None, help="default: exact; with --device: there"
+    )
     optim.add_argument("--backend", default="auto", choices=_choices(TrainingConfig, "backend"))
     optim.add_argument("--seed", type=int, default=42)
     optim.add_argument(
@@ -348,7 +350,9 @@ def _add_device_options(train: argparse.ArgumentParser) -> None:
         choices=_choices(DeviceConfig, "train_on"),
         help="where to train",
     )
-    group.add_argument("--optimization-level", type=int, default=1, choices=[0, 1, 2, 3])
+    group.add_argument(
+        "--optimization-level", type=int, default=1, choices=[0, 1, 2, 3], help="transpiler"
+    )
     group.add_argument("--mitigation", default="none", choices=_choices(DeviceConfig, "mitigation"))
     group.add_argument("--max-shots", type=int, default=None, help="refuse runs needing more")
     group.add_argument(
