@@ -1,4 +1,4 @@
-"""The ``qmlops`` command line: ``qmlops train``, ``qmlops score`` and ``qmlops sweep``."""
+"""The ``qmlops`` command line: ``train``, ``score``, ``sweep`` and ``devices``."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pydantic import ValidationError
 from qmlops.config import (
     CircuitConfig,
     DatasetConfig,
+    DeviceConfig,
     ScoringConfig,
     TrackingConfig,
     TrainingConfig,
@@ -77,7 +78,9 @@ def build_parser() -> argparse.ArgumentParser:
     optim.add_argument("--maxiter", type=int, default=100)
     optim.add_argument("--learning-rate", type=float, default=0.1)
     optim.add_argument("--batch-size", type=_optional_int, default=48, help="'none': full batch")
-    optim.add_argument("--shots", type=_optional_int, default=None, help="default: exact")
+    optim.add_argument(
+        "--shots", type=_optional_int, default=None, help="default: exact; with --device: there"
+    )
     optim.add_argument("--backend", default="auto", choices=_choices(TrainingConfig, "backend"))
     optim.add_argument("--seed", type=int, default=42)
     optim.add_argument(
@@ -98,6 +101,8 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="default: $MLFLOW_TRACKING_URI or sqlite:///./mlruns/mlflow.db",
     )
+    _add_device_options(train)
+    _add_devices_parser(commands)
     score = commands.add_parser(
         "score",
         help="score a CSV or Parquet file with a registered model (default: its champion)",
@@ -129,6 +134,10 @@ SWEEP_AXIS_OPTIONS: dict[str, tuple[str, Any]] = {
     "shots": ("shots", _optional_int),
     "seed": ("seed", int),
     "samples": ("samples", int),
+    "device": ("device", str),
+    "device_shots": ("device_shots", _optional_int),
+    "train_on": ("train_on", str),
+    "mitigation": ("mitigation", str),
 }
 
 
@@ -310,7 +319,8 @@ def configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
             maxiter=args.maxiter,
             learning_rate=args.learning_rate,
             batch_size=args.batch_size,
-            shots=args.shots,
+            # With a device, --shots are the device's; training stays exact unless on the device.
+            shots=args.shots if args.device == "ideal" else None,
             backend=args.backend,
             random_state=args.seed,
             timeout_s=args.timeout,
@@ -322,7 +332,81 @@ def configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
             register_model=not args.no_register,
             tracking_uri=args.tracking_uri,
         ),
+        "device": device_config_from_args(args),
     }
+
+
+# -- devices ---------------------------------------------------------------------------------
+
+
+def _add_device_options(train: argparse.ArgumentParser) -> None:
+    group = train.add_argument_group("device (see `qmlops devices`)")
+    group.add_argument(
+        "--device", default="ideal", help="also evaluate there: fake_manila, noise:depolarizing,..."
+    )
+    group.add_argument(
+        "--train-on",
+        default="ideal",
+        choices=_choices(DeviceConfig, "train_on"),
+        help="where to train",
+    )
+    group.add_argument(
+        "--optimization-level", type=int, default=1, choices=[0, 1, 2, 3], help="transpiler"
+    )
+    group.add_argument("--mitigation", default="none", choices=_choices(DeviceConfig, "mitigation"))
+    group.add_argument("--max-shots", type=int, default=None, help="refuse runs needing more")
+    group.add_argument(
+        "--max-qpu-seconds", type=float, default=None, help="refuse hardware runs above this"
+    )
+    group.add_argument("--one-qubit-error", type=float, default=0.001, help="noise:depolarizing")
+    group.add_argument("--two-qubit-error", type=float, default=0.01, help="noise:depolarizing")
+    group.add_argument("--readout-error", type=float, default=0.02, help="noise:depolarizing")
+
+
+def device_config_from_args(args: argparse.Namespace) -> DeviceConfig:
+    """The :class:`DeviceConfig` of ``qmlops train``'s device options (``--shots`` included).
+
+    Raises:
+        pydantic.ValidationError: For out-of-range or unknown values.
+    """
+    return DeviceConfig(
+        device=args.device,
+        shots=None if args.device == "ideal" else args.shots,
+        train_on=args.train_on,
+        optimization_level=args.optimization_level,
+        mitigation=args.mitigation,
+        max_shots=args.max_shots,
+        max_qpu_seconds=args.max_qpu_seconds,
+        one_qubit_error=args.one_qubit_error,
+        two_qubit_error=args.two_qubit_error,
+        readout_error=args.readout_error,
+    )
+
+
+def _add_devices_parser(commands: Any) -> None:
+    devices = commands.add_parser(
+        "devices",
+        help="list the devices --device accepts (qubits, basis gates, source)",
+        description="Devices: ideal, noise:depolarizing, IBM fake backends, ibm:<backend>.",
+    )
+    devices.add_argument("--source", choices=["ideal", "fake", "noise", "ibm"], help="only these")
+
+
+def _main_devices(args: argparse.Namespace) -> int:
+    from qmlops.devices import list_devices
+
+    rows = [
+        [
+            d.name,
+            "any" if d.n_qubits is None else str(d.n_qubits),
+            ",".join(d.basis_gates) or "-",
+            d.source,
+        ]
+        for d in list_devices()
+        if args.source in (None, d.source)
+    ]
+    _print_table(["device", "qubits", "basis gates", "source"], rows)
+    return 0
 
 
 def _print_table(header: list[str], rows: list[list[str]]) -> None:
@@ -345,6 +429,14 @@ def _print_summary(result: dict[str, Any]) -> None:
     print(f"model            {result['model_uri']}")
     if result.get("registered_version"):
         print(f"registered as    {result['registered_model']} v{result['registered_version']}")
+    if result.get("device"):
+        device = result["device"]
+        mitigated = device["mitigated_metrics"].get("accuracy")
+        print(
+            f"on {device['device']:<13} test accuracy {device['metrics']['accuracy']:.3f}"
+            + ("" if mitigated is None else f" ({mitigated:.3f} with readout mitigation)")
+            + f", {device['shots']} shots, depth {device['transpiled']['transpiled_depth']}"
+        )
     uri = result["tracking_uri"]
     print(f"open the UI      mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
 
@@ -378,6 +470,8 @@ def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``qmlops`` command."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     args = build_parser().parse_args(argv)
+    if args.command == "devices":
+        return _main_devices(args)
     if args.command == "sweep":
         return _main_sweep(args)
     scoring = args.command == "score"

@@ -21,11 +21,18 @@ from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
 
 from qmlops.concurrency import available_cores, threads_per_training
-from qmlops.config import TrackingConfig
+from qmlops.config import DeviceConfig, TrackingConfig
 from qmlops.errors import InputError
 from qmlops.metrics import METRIC_NAMES
 from qmlops.scheduling import dispatch, longest_first
-from qmlops.search_space import SearchSpace, SweepConfiguration, SweepExecution, expand, split_seed
+from qmlops.search_space import (
+    SearchSpace,
+    SweepConfiguration,
+    SweepExecution,
+    expand,
+    split_seed,
+    with_device,
+)
 from qmlops.sweep_report import comparison_rows, outcome, select_best, selection_rule
 from tasks.data import load_dataset, preprocess_features
 from tasks.evaluation import evaluate_models
@@ -162,6 +169,7 @@ def sweep(
     space: SearchSpace = SearchSpace(),  # noqa: B008 - frozen pydantic defaults
     execution: SweepExecution = SweepExecution(),  # noqa: B008
     tracking: TrackingConfig = DEFAULT_TRACKING,
+    device: DeviceConfig | None = None,
 ) -> dict[str, Any]:
     """Train every configuration of a search space in parallel and compare them.
 
@@ -170,11 +178,13 @@ def sweep(
         execution: Task runner (threads or Ray), parallelism and how the best is picked.
         tracking: MLflow experiment, tracking URI and the name the best model is registered
             under (when ``execution.register_best``).
+        device: Device settings of every configuration where the space sets none (the space's
+            ``device`` axis varies the device itself).
 
     Returns:
         The parent MLflow run id, the comparison rows, the best row and the rule used.
     """
-    configurations = expand_search_space(space)
+    configurations = expand_search_space(with_device(space, device))
     api_url = get_current_settings().api.url
     # Fails fast on Ray without a server; else Ray starts in the background while the parent
     # run opens.

@@ -8,6 +8,7 @@ and everything MLflow are not, so every flow run leaves a complete MLflow run of
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from prefect import flow
@@ -16,6 +17,7 @@ from prefect.runtime import flow_run
 from qmlops.config import (
     CircuitConfig,
     DatasetConfig,
+    DeviceConfig,
     PromotionConfig,
     TrackingConfig,
     TrainingConfig,
@@ -23,6 +25,7 @@ from qmlops.config import (
 from qmlops.promotion import PromotionDecision
 from tasks.caching import cached
 from tasks.data import load_dataset, preprocess_features
+from tasks.devices import check_device_run, training_device
 from tasks.evaluation import evaluate_models
 from tasks.reporting import publish_summary
 from tasks.tracking import flow_run_tags, prepare_tracking, promote_model, tracked_run
@@ -43,6 +46,7 @@ def train(
     tracking: TrackingConfig = TrackingConfig(),  # noqa: B008
     promotion: PromotionConfig = PromotionConfig(),  # noqa: B008
     force: bool = False,
+    device: DeviceConfig = DeviceConfig(),  # noqa: B008
 ) -> dict[str, Any]:
     """Train a variational quantum classifier and classical baselines, track everything.
 
@@ -53,6 +57,8 @@ def train(
         tracking: MLflow experiment, registered model name and tracking URI.
         promotion: When the registered version takes the `champion` alias.
         force: Recompute cached steps and train from scratch (ignore checkpoints).
+        device: Where the model is also evaluated (test_*_device metrics), optionally trained,
+            and the shot / QPU-time budget that run may use.
 
     Returns:
         The MLflow run id, model URI, registered version, test metrics per model, and
@@ -64,8 +70,9 @@ def train(
         data, dataset, circuit.n_qubits, training.random_state
     )
     check_training_size(prepared, circuit, training, data.n_classes)
+    device_plan = check_device_run(prepared, circuit, training, device, data.n_classes)
     if force:
-        discard_checkpoints(prepared, circuit, training)
+        discard_checkpoints(prepared, circuit, training, training_device(device))
 
     with tracked_run(
         tracking.tracking_uri,
@@ -80,11 +87,13 @@ def train(
             prepared,
             circuit,
             training,
-            configs=train_run_configs(dataset, circuit, training, tracking, promotion),
+            configs=train_run_configs(dataset, circuit, training, tracking, promotion, device),
             baseline_evaluations=evaluate_models(baselines, prepared),
             model_name=tracking.model_name,
             register=tracking.register_model,
             trainer=training_task(training, force),
+            device=device,
+            device_plan=device_plan,
         )
         classifier, evaluations, model = (
             recorded.classifier,
@@ -123,6 +132,11 @@ def train(
         "promotion": None if decision is None else decision.tags(),
         "training_cached": recorded.training_cached,
         "resumed_from_iteration": recorded.resumed_from_iteration,
+        "device": (
+            None
+            if recorded.device_evaluation is None
+            else dataclasses.asdict(recorded.device_evaluation)
+        ),
     }
 
 

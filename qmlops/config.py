@@ -174,3 +174,54 @@ class ScoringConfig(_Config):
     tracking_uri: str | None = Field(
         None, description="MLflow tracking URI (default: $MLFLOW_TRACKING_URI or ./mlruns)."
     )
+
+
+DeviceName = Annotated[
+    str,
+    StringConstraints(
+        min_length=1,
+        max_length=100,
+        pattern=r"^(ideal|noise:depolarizing|fake_[a-z0-9_]+|ibm:[a-z][a-z0-9_]*)$",
+    ),
+]
+
+
+class DeviceConfig(_Config):
+    """Where the trained classifier is evaluated (and optionally trained): see qmlops.devices."""
+
+    device: DeviceName = Field(
+        "ideal",
+        description="ideal (exact), a fake IBM backend (fake_manila, ...; `qmlops devices` lists "
+        "them), noise:depolarizing, or ibm:<backend> (needs $QISKIT_IBM_TOKEN).",
+    )
+    shots: int | None = Field(
+        None, ge=1, le=1_000_000, description="Shots per circuit on the device (required there)."
+    )
+    train_on: Literal["ideal", "device"] = Field(
+        "ideal", description="Train on the exact path, or under the device's noise with shots."
+    )
+    optimization_level: int = Field(1, ge=0, le=3, description="Transpiler optimisation level.")
+    mitigation: Literal["none", "readout"] = Field(
+        "none", description="readout: also report accuracy after mthree readout mitigation."
+    )
+    max_shots: int | None = Field(
+        None, ge=1, description="Refuse runs needing more shots in total (empty: no limit)."
+    )
+    max_qpu_seconds: float | None = Field(
+        None, gt=0.0, description="Refuse hardware runs estimated above this QPU time."
+    )
+    one_qubit_error: float = Field(
+        0.001, ge=0.0, le=0.75, description="noise:depolarizing: one-qubit gate error."
+    )
+    two_qubit_error: float = Field(
+        0.01, ge=0.0, le=0.9375, description="noise:depolarizing: two-qubit gate error."
+    )
+    readout_error: float = Field(
+        0.02, ge=0.0, le=0.5, description="noise:depolarizing: readout bit-flip probability."
+    )
+
+    @model_validator(mode="after")
+    def _device_training_needs_a_device(self) -> DeviceConfig:
+        if self.train_on == "device" and self.device == "ideal":
+            raise ValueError("train_on='device' needs a device other than 'ideal'")
+        return self

@@ -26,8 +26,9 @@ Every configuration of one dataset and qubit count shares one train/test split, 
 same test samples and the classical baselines are trained once per dataset; the ``seed`` axis
 varies only the training (initial weights, mini-batches, shot noise).
 
-Noise is not an axis yet: no noise model exists in the core. When one is added to
-:class:`~qmlops.config.TrainingConfig`, list it in :data:`AXES`.
+Devices are axes too (:class:`~qmlops.config.DeviceConfig`): ``device: [ideal, fake_manila,
+fake_perth]`` with ``device_shots: 1024`` evaluates every configuration on each device as well;
+noise is varied through the device (``noise:depolarizing`` and its error rates).
 
 How the configurations run (task runner, parallelism, the metric that picks the best) is
 :class:`SweepExecution`; the order they start in comes from :mod:`qmlops.scheduling` and the
@@ -46,7 +47,7 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from qmlops.config import CircuitConfig, DatasetConfig, TrainingConfig
+from qmlops.config import CircuitConfig, DatasetConfig, DeviceConfig, TrainingConfig
 from qmlops.errors import ConfigurationError
 from qmlops.sweep_report import SelectionMetric
 
@@ -82,10 +83,23 @@ AXES: dict[str, tuple[str, str]] = {
     "backend": ("training", "backend"),
     "seed": ("training", "random_state"),
     "random_state": ("training", "random_state"),
+    # device
+    "device": ("device", "device"),
+    "device_shots": ("device", "shots"),
+    "train_on": ("device", "train_on"),
+    "optimization_level": ("device", "optimization_level"),
+    "mitigation": ("device", "mitigation"),
+    "max_shots": ("device", "max_shots"),
+    "max_qpu_seconds": ("device", "max_qpu_seconds"),
+    "one_qubit_error": ("device", "one_qubit_error"),
+    "two_qubit_error": ("device", "two_qubit_error"),
+    "readout_error": ("device", "readout_error"),
 }
 """Space keys to ``(section, field)`` of :mod:`qmlops.config`."""
 
-PLANNED_AXES = {"noise": "no noise model exists in the core yet"}
+PLANNED_AXES = {
+    "noise": "vary `device` instead (noise:depolarizing with its error rates, or fake_*)"
+}
 SPACE_KEYS = ("grid", "random", "split_seed")
 MAX_CONFIGURATIONS = 1000
 DEFAULT_SPLIT_SEED = 42
@@ -139,6 +153,7 @@ class SweepConfiguration(_Strict):
     dataset: DatasetConfig
     circuit: CircuitConfig
     training: TrainingConfig
+    device: DeviceConfig = Field(default_factory=DeviceConfig)
 
     @property
     def data_key(self) -> tuple[str, int]:
@@ -279,14 +294,19 @@ def _draw(distribution: Distribution, rng: np.random.Generator) -> Scalar:
 
 def _normalise(key: str, value: Scalar) -> Scalar:
     # YAML and the CLI spell exact simulation as null, "exact" or "none".
-    if key in ("shots", "batch_size") and isinstance(value, str):
+    if key in ("shots", "batch_size", "device_shots") and isinstance(value, str):
         if value.lower() in ("exact", "none", "full", ""):
             return None
     return value
 
 
 def _build(name: str, settings: dict[str, Scalar], varied: dict[str, Scalar]) -> Any:
-    sections: dict[str, dict[str, Any]] = {"dataset": {}, "circuit": {}, "training": {}}
+    sections: dict[str, dict[str, Any]] = {
+        "dataset": {},
+        "circuit": {},
+        "training": {},
+        "device": {},
+    }
     for key, value in settings.items():
         section, field = AXES[key]
         sections[section][field] = _normalise(key, value)
@@ -297,6 +317,7 @@ def _build(name: str, settings: dict[str, Scalar], varied: dict[str, Scalar]) ->
             dataset=DatasetConfig(**sections["dataset"]),
             circuit=CircuitConfig(**sections["circuit"]),
             training=TrainingConfig(**sections["training"]),
+            device=DeviceConfig(**sections["device"]),
         )
     except ValidationError as error:
         described = ", ".join(f"{k}={v!r}" for k, v in varied.items()) or "fixed settings"
@@ -412,3 +433,22 @@ def override_axes(document: dict[str, Any], overrides: dict[str, list[Scalar]]) 
     if set(random) - {"samples", "seed"}:
         result["random"] = random
     return result
+
+
+def with_device(space: SearchSpace, device: DeviceConfig | None) -> SearchSpace:
+    """The space with ``device``'s settings fixed wherever the space does not set them.
+
+    Only settings that differ from :class:`~qmlops.config.DeviceConfig`'s defaults are added.
+    """
+    if device is None:
+        return space
+    set_by_space = {*space.fixed, *space.grid, *(space.random.axes if space.random else {})}
+    defaults = DeviceConfig()
+    added: dict[str, Scalar] = {
+        key: getattr(device, field)
+        for key, (section, field) in AXES.items()
+        if section == "device"
+        and key not in set_by_space
+        and getattr(device, field) != getattr(defaults, field)
+    }
+    return space.model_copy(update={"fixed": {**added, **space.fixed}})

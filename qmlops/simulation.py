@@ -60,7 +60,13 @@ from qmlops.statevector import (
     weight_gradient,
 )
 
-__all__ = ["BACKENDS", "CircuitEvaluator", "EvaluationCounters", "UnsupportedCircuitError"]
+__all__ = [
+    "BACKENDS",
+    "CircuitEvaluator",
+    "EvaluationCounters",
+    "UnsupportedCircuitError",
+    "class_frequencies",
+]
 
 BackendName = Literal["auto", "numpy", "aer"]
 BACKENDS: tuple[str, ...] = get_args(BackendName)
@@ -686,16 +692,30 @@ class CircuitEvaluator:
             pub_results = sampler.run(pubs).result()
         except Exception as error:  # Aer raises bare exceptions for resource failures
             raise SimulationError(f"Aer sampler failed: {error}") from error
-        n_classes = self.spec.n_classes
-        results = []
-        for (_, weights, rows), pub_result in zip(requests, pub_results, strict=True):
-            packed = np.asarray(pub_result.data.meas.array)  # (M, N, shots, n_bytes), big-endian
-            outcomes = np.zeros(packed.shape[:-1], dtype=np.int64)
-            for byte in range(packed.shape[-1]):
-                outcomes = (outcomes << 8) | packed[..., byte].astype(np.int64)
-            classes = self._outcome_class[outcomes]  # (M, N, shots)
-            n_cells = classes.shape[0] * classes.shape[1]
-            flat = np.arange(n_cells).reshape(classes.shape[:2] + (1,)) * n_classes + classes
-            counts = np.bincount(flat.ravel(), minlength=n_cells * n_classes)
-            results.append(counts.reshape(weights.shape[0], rows.shape[0], n_classes) / self.shots)
-        return results
+        return [
+            class_frequencies(
+                np.asarray(pub_result.data.meas.array), self._outcome_class, self.spec.n_classes
+            )
+            for pub_result in pub_results
+        ]
+
+
+def class_frequencies(packed: np.ndarray, outcome_class: np.ndarray, n_classes: int) -> np.ndarray:
+    """Fraction of shots that voted for each class, from a sampler's packed measurement bits.
+
+    Args:
+        packed: ``BitArray.array`` of shape ``(M, N, shots, n_bytes)``, big-endian bytes.
+        outcome_class: Class of each measured outcome (see :meth:`CircuitSpec.class_of_outcome`).
+        n_classes: Number of classes.
+
+    Returns:
+        Array ``(M, N, n_classes)``; each row sums to one.
+    """
+    outcomes = np.zeros(packed.shape[:-1], dtype=np.int64)
+    for byte in range(packed.shape[-1]):
+        outcomes = (outcomes << 8) | packed[..., byte].astype(np.int64)
+    classes = outcome_class[outcomes]  # (M, N, shots)
+    n_cells = classes.shape[0] * classes.shape[1]
+    flat = np.arange(n_cells).reshape(classes.shape[:2] + (1,)) * n_classes + classes
+    counts = np.bincount(flat.ravel(), minlength=n_cells * n_classes)
+    return counts.reshape(classes.shape[0], classes.shape[1], n_classes) / classes.shape[2]

@@ -77,11 +77,18 @@ def comparison_rows(outcomes: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
     axes: list[str] = []
     for result in outcomes:
         axes += [key for key in result["varied"] if key not in axes]
+    # Device accuracies (evaluations on a device), only when some configuration has them.
+    device_metrics = [
+        key
+        for key in ("accuracy_device", "accuracy_device_mitigated")
+        if any(key in result["metrics"] for result in outcomes)
+    ]
     rows = []
     for result in outcomes:
         row: dict[str, Any] = {"configuration": result["name"], "status": result["status"]}
         row.update({axis: result["varied"].get(axis) for axis in axes})
         row.update({f"test_{m}": result["metrics"].get(m) for m in METRIC_NAMES})
+        row.update({f"test_{m}": result["metrics"].get(m) for m in device_metrics})
         row["validation_accuracy"] = result["validation_accuracy"]
         row["training_time_s"] = result["training_time_s"]
         row.update({column: result["size"].get(column) for column in SIZE_COLUMNS})

@@ -26,6 +26,7 @@ from qmlops.scheduling import training_cost
 from qmlops.search_space import SweepConfiguration, SweepExecution
 from qmlops.sweep_report import outcome
 from tasks.data import PreparedData
+from tasks.devices import check_device_run
 from tasks.tracking import TrackedRun, tracked_child_run
 from tasks.train_and_record import train_and_record
 from tasks.training import plan_training
@@ -66,8 +67,9 @@ def train_configuration(
 ) -> dict[str, Any]:
     """Train and evaluate one configuration and record it as a child of the sweep's run.
 
-    The size guard runs before the child run opens; a refused configuration fails this task
-    (the sweep reports it) without leaving a run behind.
+    The size guard and the device check (device, shots, budget) run before the child run
+    opens; a refused configuration fails this task (the sweep reports it) without leaving a
+    run behind.
 
     Args:
         configuration: The configuration.
@@ -84,8 +86,15 @@ def train_configuration(
         The outcome record (metrics, time, circuit size, loss curve, child run id).
     """
     with training_threads(threads, whole_process=own_process):
-        # The size guard, before any run opens.
+        # The size guard and the device check, before any run opens.
         plan_training(prepared, configuration.circuit, configuration.training, dataset.n_classes)
+        device_plan = check_device_run(
+            prepared,
+            configuration.circuit,
+            configuration.training,
+            configuration.device,
+            dataset.n_classes,
+        )
         with tracked_child_run(
             parent,
             run_name=configuration.name,
@@ -104,6 +113,7 @@ def train_configuration(
                     "dataset": configuration.dataset.model_dump(),
                     "circuit": configuration.circuit.model_dump(),
                     "training": configuration.training.model_dump(),
+                    "device": configuration.device.model_dump(),
                     "sweep": {
                         "configuration": configuration.name,
                         **{f"varied.{k}": v for k, v in configuration.varied.items()},
@@ -113,6 +123,8 @@ def train_configuration(
                 baseline_evaluations=baseline_evaluations,
                 model_name=model_name,
                 register=False,
+                device=configuration.device,
+                device_plan=device_plan,
             )
     from qmlops.circuits import circuit_summary
 
@@ -122,7 +134,7 @@ def train_configuration(
         configuration.name,
         configuration.varied,
         run_id=child.run_id,
-        metrics=recorded.evaluations["quantum"]["metrics"],
+        metrics=recorded.quantum_metrics,
         validation_accuracy=validation[-1] if validation else None,
         training_time_s=classifier.fit_time_,
         size={

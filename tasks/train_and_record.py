@@ -2,8 +2,10 @@
 
 The ``train`` flow and the sweep's per-configuration task both check the size first
 (:func:`tasks.training.check_training_size` or :func:`tasks.training.plan_training`, before
-the run opens), then call :func:`train_and_record` inside the run: log the inputs, train,
-evaluate beside the classical baselines, log curves, evaluation and the model.
+the run opens) and the device (:func:`tasks.devices.check_device_run`), then call
+:func:`train_and_record` inside the run: log the inputs, train (under the device's noise when
+it trains there), evaluate beside the classical baselines and on the device, log curves,
+evaluation, device results and the model.
 """
 
 from __future__ import annotations
@@ -14,16 +16,25 @@ from typing import Any, cast
 from prefect import Task
 from prefect.states import State
 
+from qmlops.budget import DevicePlan
 from qmlops.classifier import QuantumClassifier
 from qmlops.config import (
     CircuitConfig,
     DatasetConfig,
+    DeviceConfig,
     PromotionConfig,
     TrackingConfig,
     TrainingConfig,
 )
 from qmlops.data import Dataset
+from qmlops.noisy import DeviceEvaluation
 from tasks.data import PreparedData
+from tasks.devices import (
+    device_test_metrics,
+    evaluate_on_device,
+    log_device_results,
+    training_device,
+)
 from tasks.evaluation import evaluate_models
 from tasks.tracking import (
     LoggedModel,
@@ -46,12 +57,22 @@ class RecordedTraining:
         evaluations: Test evaluations, ``quantum`` first, then the baselines.
         model: The logged (and maybe registered) model.
         training_cached: Whether the training came from the result cache.
+        device_evaluation: The test results on the device (``None``: no device run).
     """
 
     classifier: QuantumClassifier
     evaluations: dict[str, dict[str, Any]]
     model: LoggedModel
     training_cached: bool
+    device_evaluation: DeviceEvaluation | None = None
+
+    @property
+    def quantum_metrics(self) -> dict[str, float]:
+        """The quantum model's test metrics, with ``accuracy_device`` etc. after a device run."""
+        metrics = dict(self.evaluations["quantum"]["metrics"])
+        if self.device_evaluation is not None:
+            metrics.update(device_test_metrics(self.device_evaluation))
+        return metrics
 
     @property
     def resumed_from_iteration(self) -> int:
@@ -65,6 +86,7 @@ def train_run_configs(
     training: TrainingConfig,
     tracking: TrackingConfig,
     promotion: PromotionConfig,
+    device: DeviceConfig = DeviceConfig(),  # noqa: B008 - frozen pydantic default
 ) -> dict[str, dict[str, Any]]:
     """The configuration sections a ``train`` run logs as params (tracking without its URI)."""
     return {
@@ -73,6 +95,7 @@ def train_run_configs(
         "training": training.model_dump(),
         "tracking": tracking.model_dump(exclude={"tracking_uri"}),
         "promotion": promotion.model_dump(),
+        "device": device.model_dump(),
     }
 
 
@@ -88,6 +111,8 @@ def train_and_record(
     model_name: str,
     register: bool,
     trainer: Task[Any, Any] = train_classifier,
+    device: DeviceConfig = DeviceConfig(),  # noqa: B008 - frozen pydantic default
+    device_plan: DevicePlan | None = None,
 ) -> RecordedTraining:
     """Train the quantum classifier and record everything about it in ``run``.
 
@@ -103,12 +128,20 @@ def train_and_record(
         register: Whether to register the model.
         trainer: The training task (:func:`tasks.training.train_classifier`, or its cached,
             time-limited variant :func:`tasks.training.training_task`).
+        device: The device settings: where it trains (``train_on``), shots, mitigation.
+        device_plan: The checked device run from :func:`tasks.devices.check_device_run`
+            (``None``: the ideal device, nothing runs on a device).
 
     Returns:
-        The classifier, its evaluations, the logged model and whether it came from the cache.
+        The classifier, its evaluations, the logged model, whether it came from the cache and
+        its results on the device.
     """
     log_run_inputs(run, configs, data)
-    trained = cast(State, trainer(prepared, circuit, training, return_state=True))
+    if device_plan is not None:
+        log_device_results(run, device_plan)  # the estimate, before anything runs there
+    trained = cast(
+        State, trainer(prepared, circuit, training, training_device(device), return_state=True)
+    )
     classifier = cast(QuantumClassifier, trained.result())
     training_cached = trained.name == "Cached"
     set_run_tags(
@@ -124,5 +157,11 @@ def train_and_record(
     }
     log_training(run, classifier)
     log_evaluation(run, evaluations)
+    device_evaluation = None
+    if device_plan is not None:
+        device_evaluation = evaluate_on_device(
+            classifier, prepared, device, device_plan, training.random_state
+        )
+        log_device_results(run, device_plan, device_evaluation)
     model = log_model(run, classifier, prepared, list(data.feature_names), model_name, register)
-    return RecordedTraining(classifier, evaluations, model, training_cached)
+    return RecordedTraining(classifier, evaluations, model, training_cached, device_evaluation)

@@ -20,7 +20,7 @@ from qmlops.baselines import train_baselines as fit_baselines
 from qmlops.checkpoint import CheckpointStore, training_key
 from qmlops.circuits import CircuitSpec, ResourceEstimate
 from qmlops.classifier import QuantumClassifier
-from qmlops.config import ORCHESTRATION_FIELDS, CircuitConfig, TrainingConfig
+from qmlops.config import ORCHESTRATION_FIELDS, CircuitConfig, DeviceConfig, TrainingConfig
 from qmlops.training import IterationRecord
 from tasks import faults
 from tasks.caching import cached
@@ -44,13 +44,25 @@ CHECKPOINT_DIR_ENV = "QMLOPS_CHECKPOINT_DIR"
 
 
 def build_classifier(
-    circuit: CircuitConfig, training: TrainingConfig, **extra: Any
+    circuit: CircuitConfig,
+    training: TrainingConfig,
+    device: DeviceConfig | None = None,
+    **extra: Any,
 ) -> QuantumClassifier:
-    """Build the estimator from the flow parameters (field names equal estimator params)."""
+    """Build the estimator from the flow parameters (field names equal estimator params).
+
+    With ``device`` (training under a device's noise) it is a
+    :class:`~qmlops.noisy.DeviceClassifier`.
+    """
     params = {
         **circuit.model_dump(exclude={"n_qubits"}),
         **training.model_dump(exclude=ORCHESTRATION_FIELDS),
     }
+    if device is not None:
+        from qmlops.budget import device_classifier_params
+        from qmlops.noisy import DeviceClassifier
+
+        return DeviceClassifier(**params, **device_classifier_params(device), **extra)
     return QuantumClassifier(**params, **extra)
 
 
@@ -86,22 +98,33 @@ def checkpoint_dir() -> Path:
 
 
 def checkpoint_store(
-    prepared: PreparedData, circuit: CircuitConfig, training: TrainingConfig
+    prepared: PreparedData,
+    circuit: CircuitConfig,
+    training: TrainingConfig,
+    device: DeviceConfig | None = None,
 ) -> CheckpointStore:
-    """The checkpoints of training these data with these settings."""
+    """The checkpoints of training these data with these settings (on ``device``, if given)."""
+    on_device = {} if device is None else {"device": device.model_dump(mode="json")}
     key = training_key(
         data=prepared.fingerprint,
         circuit=circuit.model_dump(mode="json"),
         training=training.model_dump(mode="json", exclude=ORCHESTRATION_FIELDS),
+        **on_device,
     )
     return CheckpointStore(checkpoint_dir(), key, every=training.checkpoint_every)
 
 
 @retrying_task
 def train_classifier(
-    prepared: PreparedData, circuit: CircuitConfig, training: TrainingConfig
+    prepared: PreparedData,
+    circuit: CircuitConfig,
+    training: TrainingConfig,
+    device: DeviceConfig | None = None,
 ) -> QuantumClassifier:
-    """Train the variational quantum classifier, checkpointing and logging progress."""
+    """Train the variational quantum classifier, checkpointing and logging progress.
+
+    With ``device``, every training evaluation is sampled under that device's noise.
+    """
     logger = get_run_logger()
     every = progress_interval(training.maxiter)
 
@@ -125,8 +148,8 @@ def train_classifier(
     validation = None
     if prepared.X_val is not None:
         validation = (prepared.X_val, prepared.raw.y_val)
-    store = checkpoint_store(prepared, circuit, training)
-    classifier = build_classifier(circuit, training, callback=report)
+    store = checkpoint_store(prepared, circuit, training, device)
+    classifier = build_classifier(circuit, training, device, callback=report)
     classifier.fit(
         prepared.X_train, prepared.raw.y_train, validation_data=validation, checkpoint=store
     )
@@ -147,10 +170,13 @@ def train_classifier(
 
 @task(name="discard-checkpoints", retries=0, cache_policy=NO_CACHE)
 def discard_checkpoints(
-    prepared: PreparedData, circuit: CircuitConfig, training: TrainingConfig
+    prepared: PreparedData,
+    circuit: CircuitConfig,
+    training: TrainingConfig,
+    device: DeviceConfig | None = None,
 ) -> None:
     """Remove the checkpoints of this training (a forced re-run starts from scratch)."""
-    checkpoint_store(prepared, circuit, training).clear()
+    checkpoint_store(prepared, circuit, training, device).clear()
 
 
 def training_task(training: TrainingConfig, force: bool = False) -> Task[Any, Any]:
