@@ -22,7 +22,7 @@ from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
 from threadpoolctl import threadpool_limits
 
-from qmlops.config import TrackingConfig
+from qmlops.config import SWEEP_TRACKING, TrackingConfig, resolve_circuit, resolve_model_name
 from qmlops.errors import InputError
 from qmlops.metrics import METRIC_NAMES
 from qmlops.sweep import (
@@ -58,8 +58,6 @@ from tasks.tracking import (
 )
 from tasks.training import train_baselines
 
-DEFAULT_TRACKING = TrackingConfig(experiment="qmlops-sweeps", register_model=False)
-
 
 @task(name="expand-search-space", retries=0, cache_policy=NO_CACHE)
 def expand_search_space(space: SearchSpace) -> list[SweepConfiguration]:
@@ -85,7 +83,7 @@ def train_configurations(
     split_random_state: int,
     parent: TrackedRun,
     execution: SweepExecution,
-    model_name: str,
+    model_name: str | None,
 ) -> dict[str, Any]:
     """Prepare each dataset once, then train every configuration on this flow's task runner.
 
@@ -108,16 +106,28 @@ def train_configurations(
         threadpool_limits(limits=None if own_process else threads, user_api="blas"),
         switch_interval(None if own_process else SHARED_INTERPRETER_SWITCH_INTERVAL_S),
     ):
-        groups: dict[tuple[str, int], list[SweepConfiguration]] = {}
+        groups: dict[tuple[str, int | None], list[SweepConfiguration]] = {}
         for configuration in configurations:
             groups.setdefault(configuration.data_key, []).append(configuration)
         for group in groups.values():
             first = group[0]
-            label = data_key_label(first.dataset, first.circuit.n_qubits)
             try:
                 data = load_dataset(first.dataset)
+                # Empty qubits and depths resolve from the data as in a single training.
+                group = [
+                    c.model_copy(
+                        update={
+                            "circuit": resolve_circuit(
+                                c.circuit, data.features.shape[1], data.n_classes
+                            )
+                        }
+                    )
+                    for c in group
+                ]
+                first = group[0]
+                label = data_key_label(first.dataset, first.circuit.qubits)
                 prepared = preprocess_features(
-                    data, first.dataset, first.circuit.n_qubits, split_random_state
+                    data, first.dataset, first.circuit.qubits, split_random_state
                 )
             except InputError as error:
                 for configuration in group:
@@ -141,7 +151,12 @@ def train_configurations(
         while waiting or running:
             while waiting and len(running) < execution.max_parallel:
                 _, configuration, arguments = waiting.popleft()
-                future = train_configuration.submit(*arguments, threads, own_process, model_name)
+                future = train_configuration.submit(
+                    *arguments,
+                    threads,
+                    own_process,
+                    resolve_model_name(model_name, configuration.dataset),
+                )
                 running[future] = configuration
             finished = next(as_completed(list(running)))
             configuration = running.pop(finished)
@@ -179,7 +194,7 @@ def publish_comparison(rows: list[dict[str, Any]], best: dict[str, Any] | None, 
 def sweep(
     space: SearchSpace = SearchSpace(),  # noqa: B008 - frozen pydantic defaults
     execution: SweepExecution = SweepExecution(),  # noqa: B008
-    tracking: TrackingConfig = DEFAULT_TRACKING,
+    tracking: TrackingConfig = SWEEP_TRACKING,
 ) -> dict[str, Any]:
     """Train every configuration of a search space in parallel and compare them.
 
@@ -242,7 +257,12 @@ def sweep(
             publish_comparison(rows, best, rule)
             registered = None
             if best is not None and execution.register_best:
-                registered = register_run_model(parent, best["mlflow_run_id"], tracking.model_name)
+                [winner] = [c for c in configurations if c.name == best["configuration"]]
+                registered = register_run_model(
+                    parent,
+                    best["mlflow_run_id"],
+                    resolve_model_name(tracking.model_name, winner.dataset),
+                )
             if best is not None:
                 print(f"best configuration: {best['configuration']} {metric}={best[metric]:.3f}")
             end_tracking_run(parent, "FINISHED")

@@ -22,6 +22,8 @@ from qmlops.config import (
     PromotionConfig,
     TrackingConfig,
     TrainingConfig,
+    resolve_circuit,
+    resolve_model_name,
 )
 from qmlops.promotion import PromotionDecision
 from tasks.caching import cached
@@ -72,9 +74,11 @@ def train(
 
     Args:
         dataset: Which data and how to split and encode it.
-        circuit: Feature map and ansatz.
+        circuit: Feature map and ansatz (empty qubits and depth: from the data, see
+            :func:`qmlops.config.resolve_circuit`).
         training: Optimizer and simulator settings.
-        tracking: MLflow experiment, registered model name and tracking URI.
+        tracking: MLflow experiment, registered model name (empty: ``qmlops-<dataset>``)
+            and tracking URI.
         promotion: When the registered version takes the `champion` alias.
         force: Recompute cached steps and train from scratch (ignore checkpoints).
 
@@ -84,8 +88,10 @@ def train(
     """
     prepare_tracking(tracking.tracking_uri, tracking.experiment)
     data = load_dataset(dataset)
+    circuit = resolve_circuit(circuit, data.features.shape[1], data.n_classes)
+    model_name = resolve_model_name(tracking.model_name, dataset)
     prepared = cached(preprocess_features, force)(
-        data, dataset, circuit.n_qubits, training.random_state
+        data, dataset, circuit.qubits, training.random_state
     )
     check_training_size(prepared, circuit, training, data.n_classes)
     if force:
@@ -104,7 +110,10 @@ def train(
                 "dataset": dataset.model_dump(),
                 "circuit": circuit.model_dump(),
                 "training": training.model_dump(),
-                "tracking": tracking.model_dump(exclude={"tracking_uri"}),
+                "tracking": {
+                    **tracking.model_dump(exclude={"tracking_uri"}),
+                    "model_name": model_name,
+                },
                 "promotion": promotion.model_dump(),
             },
             data,
@@ -130,7 +139,7 @@ def train(
             classifier,
             prepared,
             list(data.feature_names),
-            tracking.model_name,
+            model_name,
             tracking.register_model,
         )
         decision: PromotionDecision | None = None

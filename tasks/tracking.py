@@ -41,7 +41,7 @@ import numpy as np
 import pandas as pd
 import qiskit.qpy
 from mlflow import MlflowClient
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Experiment, Metric, Param, RunTag
 from mlflow.models import infer_signature
 from prefect import task
 from prefect.cache_policies import NO_CACHE
@@ -206,15 +206,38 @@ def prepare_store(tracking_uri: str, experiment: str) -> str:
         return _experiment_id(tracking_uri, experiment)
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+
+
+def mark_model_training(client: MlflowClient, experiment: Experiment) -> None:
+    """Tag an experiment as model training unless it has a kind already.
+
+    MLflow 3's UI reads the kind to choose its view: without it, it opens experiments in its
+    GenAI (traces) view, and the runs, charts and registered models hide behind a toggle.
+    """
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+        )
+
+
 def _experiment_id(tracking_uri: str, experiment: str) -> str:
     client = MlflowClient(tracking_uri=tracking_uri)
     existing = client.get_experiment_by_name(experiment)
     if existing is not None:
+        mark_model_training(client, existing)
         return str(existing.experiment_id)
     artifact_root = _artifact_root(tracking_uri)
     location = None if artifact_root is None else f"{artifact_root}/{experiment}"
     try:
-        return str(client.create_experiment(experiment, artifact_location=location))
+        return str(
+            client.create_experiment(
+                experiment,
+                artifact_location=location,
+                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+            )
+        )
     except mlflow.exceptions.MlflowException:
         # Another process created it first.
         found = client.get_experiment_by_name(experiment)
@@ -731,6 +754,13 @@ def load_registered_model(
         input_columns=[str(c) for c in schema.input_names()],
         pyfunc=pyfunc,
     )
+
+
+def training_run_params(tracking_uri: str | None, model_name: str, version: str) -> dict[str, str]:
+    """The parameters of the run that produced a registered model version."""
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    run_id = client.get_model_version(model_name, version).run_id
+    return {} if not run_id else dict(client.get_run(run_id).data.params)
 
 
 @task(
