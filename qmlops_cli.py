@@ -384,8 +384,12 @@ def _print_table(header: list[str], rows: list[list[str]]) -> None:
         print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
-def _print_ui_hint(uri: str) -> None:
+def _print_ui_hint(result: dict[str, Any]) -> None:
+    uri = result["tracking_uri"]
     print(f"open the UI      mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    # MLflow 3's UI opens in its GenAI view unless told (a sidebar toggle, or this parameter).
+    run = f"#/experiments/{result['experiment_id']}/runs/{result['run_id']}"
+    print(f"then             http://127.0.0.1:5000/{run}?workflowType=machine_learning")
 
 
 def _print_summary(result: dict[str, Any]) -> None:
@@ -413,7 +417,7 @@ def _print_summary(result: dict[str, Any]) -> None:
     if promotion.get("promotion.reason"):
         verdict = "promoted" if promotion.get("promotion.promote") == "True" else "not promoted"
         print(f"champion         {verdict}: {promotion['promotion.reason']}")
-    _print_ui_hint(result["tracking_uri"])
+    _print_ui_hint(result)
 
 
 def _print_scored(result: dict[str, Any]) -> None:
@@ -447,7 +451,7 @@ def _print_sweep_summary(result: dict[str, Any]) -> None:
         if result.get("registered_version"):
             print(f"registered as    version {result['registered_version']}")
     print(f"MLflow run id    {result['run_id']} (parent; one child run per configuration)")
-    _print_ui_hint(result["tracking_uri"])
+    _print_ui_hint(result)
 
 
 def _parameters(args: argparse.Namespace) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from tasks.tracking import (
 
 
 @flow(name="score", log_prints=True)
-def score(scoring: ScoringConfig) -> dict[str, Any]:
+def score(scoring: ScoringConfig = ScoringConfig()) -> dict[str, Any]:  # noqa: B008 - frozen
     """Score a CSV or Parquet file with a registered model and record the run in MLflow.
 
     Args:

@@ -74,11 +74,10 @@ def train(
 
     Args:
         dataset: Which data and how to split and encode it.
-        circuit: Feature map and ansatz (empty qubits and depth: from the data, see
-            :func:`qmlops.config.resolve_circuit`).
+        circuit: Feature map and ansatz (empty qubits and depth: from the data).
         training: Optimizer and simulator settings.
-        tracking: MLflow experiment, registered model name (empty: ``qmlops-<dataset>``)
-            and tracking URI.
+        tracking: MLflow experiment, registered model name (empty: qmlops-{dataset}) and
+            tracking URI.
         promotion: When the registered version takes the `champion` alias.
         force: Recompute cached steps and train from scratch (ignore checkpoints).
 

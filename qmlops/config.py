@@ -219,7 +219,7 @@ class TrackingConfig(_Config):
     )
     model_name: ModelName | None = Field(
         None,
-        description="Registered model name (empty: qmlops-<dataset>, one model per dataset).",
+        description="Registered model name (empty: qmlops-{dataset}, one model per dataset).",
     )
     register_model: bool = Field(True, description="Register the model in the MLflow registry.")
     tracking_uri: str | None = Field(
