@@ -129,3 +129,29 @@ def test_validation_errors_are_one_line_in_the_user_s_words() -> None:
     text = describe_validation_error(caught.value, as_options=True)
     assert "\n" not in text
     assert text.startswith("--maxiter: Input should be greater than or equal to 1; --seed: ")
+
+
+def test_the_summary_says_when_training_resumed_or_came_from_the_cache(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from qmlops_cli import _print_summary
+
+    result = {
+        "metrics": {"quantum": {"accuracy": 0.9}},
+        "fit_time_s": 1.0,
+        "backend": "numpy",
+        "run_id": "r1",
+        "experiment_id": "3",
+        "model_uri": "runs:/r1/model",
+        "tracking_uri": "sqlite:///mlruns/mlflow.db",
+        "training_cached": False,
+        "resumed_from_iteration": 40,
+        "promotion": {"promotion.promote": "True", "promotion.reason": "no champion yet"},
+    }
+    _print_summary(result)
+    out = capsys.readouterr().out
+    assert "resumed from the checkpoint at iteration 40" in out
+    assert "champion         promoted: no champion yet" in out
+    assert "#/experiments/3/runs/r1?workflowType=machine_learning" in out
+    _print_summary({**result, "training_cached": True, "resumed_from_iteration": 0})
+    assert "from the cache" in capsys.readouterr().out
