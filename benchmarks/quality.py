@@ -227,7 +227,7 @@ def train_and_score(
 ) -> Outcome:
     """Train every quantum variant and every baseline on one split, as ``qmlops train`` would."""
     from qmlops.baselines import train_baselines
-    from qmlops.config import DatasetConfig
+    from qmlops.config import DatasetConfig, resolve_circuit
     from qmlops.data import load_dataset
     from qmlops_cli import build_parser, configs_from_args
     from tasks.data import preprocess_features
@@ -236,8 +236,9 @@ def train_and_score(
     quality_set.write_file(folder)
     args = build_parser().parse_args(["train", *quality_set.cli_args(), "--seed", str(seed)])
     configs = configs_from_args(args)
-    circuit, training = configs["circuit"], configs["training"]
+    training = configs["training"]
     data = load_dataset(configs["dataset"], data_root=folder)
+    circuit = resolve_circuit(configs["circuit"], data.features.shape[1], data.n_classes)
     prepared_by_encoding: dict[str, Any] = {}
     test_accuracy: dict[str, float] = {}
     train_accuracy: dict[str, float] = {}
@@ -248,7 +249,7 @@ def train_and_score(
         if key not in prepared_by_encoding:
             config = DatasetConfig(**{**configs["dataset"].model_dump(), **dataset_settings})
             prepared_by_encoding[key] = preprocess_features.fn(
-                data, config, circuit.n_qubits, training.random_state
+                data, config, circuit.qubits, training.random_state
             )
         return prepared_by_encoding[key]
 
@@ -271,7 +272,7 @@ def train_and_score(
         test_accuracy=test_accuracy,
         train_accuracy=train_accuracy,
         fit_seconds=fit_seconds,
-        n_qubits=circuit.n_qubits,
+        n_qubits=circuit.qubits,
         n_train=int(prepared.X_train.shape[0]),
         n_test=int(prepared.X_test.shape[0]),
         n_classes=data.n_classes,

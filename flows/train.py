@@ -19,6 +19,8 @@ from qmlops.config import (
     PromotionConfig,
     TrackingConfig,
     TrainingConfig,
+    resolve_circuit,
+    resolve_model_name,
 )
 from qmlops.promotion import PromotionDecision
 from tasks.caching import cached
@@ -48,9 +50,10 @@ def train(
 
     Args:
         dataset: Which data and how to split and encode it.
-        circuit: Feature map and ansatz.
+        circuit: Feature map and ansatz (empty qubits and depth: from the data).
         training: Optimizer and simulator settings.
-        tracking: MLflow experiment, registered model name and tracking URI.
+        tracking: MLflow experiment, registered model name (empty: qmlops-{dataset}) and
+            tracking URI.
         promotion: When the registered version takes the `champion` alias.
         force: Recompute cached steps and train from scratch (ignore checkpoints).
 
@@ -60,8 +63,10 @@ def train(
     """
     prepare_tracking(tracking.tracking_uri, tracking.experiment)
     data = load_dataset(dataset)
+    circuit = resolve_circuit(circuit, data.features.shape[1], data.n_classes)
+    model_name = resolve_model_name(tracking.model_name, dataset)
     prepared = cached(preprocess_features, force)(
-        data, dataset, circuit.n_qubits, training.random_state
+        data, dataset, circuit.qubits, training.random_state
     )
     check_training_size(prepared, circuit, training, data.n_classes)
     if force:
@@ -82,7 +87,7 @@ def train(
             training,
             configs=train_run_configs(dataset, circuit, training, tracking, promotion),
             baseline_evaluations=evaluate_models(baselines, prepared),
-            model_name=tracking.model_name,
+            model_name=model_name,
             register=tracking.register_model,
             trainer=training_task(training, force),
         )
