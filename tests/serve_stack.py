@@ -80,7 +80,8 @@ class Stack:
         return path.read_text(errors="replace")[-6000:] if path.exists() else ""
 
 
-def _alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process still runs (a zombie does not)."""
     try:
         state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
     except OSError:

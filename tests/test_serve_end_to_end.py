@@ -15,7 +15,7 @@ from typing import Any
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from serve_stack import Stack, deployment, serve_stack, wait_for_run
+from serve_stack import Stack, deployment, process_alive, serve_stack, wait_for_run
 
 from qmlops.data import load_builtin
 
@@ -28,14 +28,6 @@ CUSTOM = {
     "tracking": {"experiment": "e2e-nightly", "model_name": "e2e-moons"},
     "promotion": {"require_beat_baseline": False},
 }
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
 
 
 @pytest.fixture(scope="module")
@@ -143,5 +135,5 @@ def test_serve_deploys_runs_from_the_ui_and_stops(stack: Stack, tmp_path: Path) 
     # Finally `make stop` stops exactly what serve started
     stopped = stack.make("stop")
     assert stopped.returncode == 0, stopped.stderr
-    assert not any(_alive(pid) for pid in pids.values())
+    assert not any(process_alive(pid) for pid in pids.values())
     assert not list(stack.state_dir.glob("*.pid"))

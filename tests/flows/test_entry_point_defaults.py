@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import os
-import subprocess
-import sys
-from pathlib import Path
 
 import pytest
 from mlflow import MlflowClient
+from services import run_qmlops
 
 from flows.score import score
 from flows.train import train
@@ -82,15 +80,7 @@ def test_the_cli_reads_files_anywhere_and_reports_bad_input_in_one_line(
     env.pop("QMLOPS_DATA_ROOT", None)
 
     # When the CLI trains on it
-    completed = subprocess.run(
-        [str(Path(sys.executable).with_name("qmlops")), "train", "--data", str(elsewhere)]
-        + ["--target", "y"],
-        env=env,
-        cwd=workdir,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    completed = run_qmlops(["train", "--data", str(elsewhere), "--target", "y"], env, workdir)
 
     # Then the file was read (its NaN found, no UnsafePathError) and one line says so, exit 2
     output = completed.stdout + completed.stderr

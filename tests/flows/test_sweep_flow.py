@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
-from services import RunningService, free_port, prefect_server_env, ray_head
+from services import RunningService, free_port, prefect_server_env, ray_head, run_qmlops
 from threadpoolctl import threadpool_info
 
 from flows.sweep import sweep
@@ -221,24 +221,12 @@ def test_ray_sweep_matches_the_thread_sweep(
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
     env.pop("RAY_ADDRESS", None)
-    completed = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("qmlops")),
-            "sweep",
-            "--space",
-            str(space_file),
-            "--runner",
-            "ray",
-            "--max-parallel",
-            "2",
-            "--experiment",
-            "sweep-test",
-        ],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    completed = run_qmlops(
+        ["sweep", "--space", str(space_file), "--runner", "ray", "--max-parallel", "2"]
+        + ["--experiment", "sweep-test"],
+        env,
+        tmp_path,
+        timeout_s=900,
     )
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output[-6000:]
