@@ -109,12 +109,18 @@ class QualitySet:
     options: tuple[str, ...] = ()
     build: Callable[[], pd.DataFrame] | None = None
 
-    def cli_args(self) -> list[str]:
-        """The ``qmlops train`` arguments that select this data set (files relative to the data
-        root, where :meth:`write_file` puts them)."""
+    def cli_args(self, folder: Path | None = None) -> list[str]:
+        """The ``qmlops train`` arguments that select this data set.
+
+        Args:
+            folder: Where :meth:`write_file` put the file; the command line reads a relative
+                path from the working directory, so it is named inside the folder. ``None``:
+                the bare file name, as a user in that folder types it.
+        """
         if self.build is None:
             return ["--dataset", self.name, *self.options]
-        return ["--data", f"{self.name}.csv", "--target", TARGET, *self.options]
+        file = f"{self.name}.csv" if folder is None else str(folder / f"{self.name}.csv")
+        return ["--data", file, "--target", TARGET, *self.options]
 
     def write_file(self, folder: Path) -> None:
         """Write a file data set's CSV into the data root (once)."""
@@ -234,7 +240,7 @@ def train_and_score(
     from tasks.training import build_classifier
 
     quality_set.write_file(folder)
-    args = build_parser().parse_args(["train", *quality_set.cli_args(), "--seed", str(seed)])
+    args = build_parser().parse_args(["train", *quality_set.cli_args(folder), "--seed", str(seed)])
     configs = configs_from_args(args)
     training = configs["training"]
     data = load_dataset(configs["dataset"], data_root=folder)

@@ -19,7 +19,7 @@ from qmlops_cli import build_parser, configs_from_args  # noqa: E402
 def load_as_the_cli_does(name: str, folder: Path) -> tuple[Dataset, int]:
     quality_set = quality.QUALITY_SETS[name]
     quality_set.write_file(folder)
-    configs = configs_from_args(build_parser().parse_args(["train", *quality_set.cli_args()]))
+    configs = configs_from_args(build_parser().parse_args(["train", *quality_set.cli_args(folder)]))
     dataset = load_dataset(configs["dataset"], data_root=folder)
     circuit = resolve_circuit(configs["circuit"], dataset.features.shape[1], dataset.n_classes)
     return dataset, circuit.qubits
