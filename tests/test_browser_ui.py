@@ -83,6 +83,18 @@ def _property(page: Any, label: str) -> Any:
     )
 
 
+def _submit(page: Any) -> None:
+    """Submit the custom-run form; the UI then opens the new flow run's page."""
+    submit = page.get_by_role("button", name="Submit", exact=True)
+    submit.scroll_into_view_if_needed()
+    submit.click()
+    try:
+        page.wait_for_url(re.compile(r"/runs/flow-run/"))
+    except Exception:
+        _shot(page, "03-submit-did-not-open-the-run")
+        raise
+
+
 def _flow_runs(stack: Stack, deployment_id: str) -> list[dict[str, Any]]:
     _, runs = stack.call(
         "POST", "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}}
@@ -91,7 +103,7 @@ def _flow_runs(stack: Stack, deployment_id: str) -> list[dict[str, Any]]:
 
 
 def _new_run(stack: Stack, deployment_id: str, known: set[str]) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
     while time.monotonic() < deadline:
         fresh = [r for r in _flow_runs(stack, deployment_id) if r["id"] not in known]
         if fresh:
@@ -130,8 +142,10 @@ def test_a_newcomer_runs_every_deployment_from_the_uis(browser: Any, served: Sta
     dataset.click()
     dataset.press("ArrowDown")  # opens the list of choices
     page.get_by_role("option", name="moons", exact=True).click()
+    page.get_by_role("listbox").wait_for(state="hidden")
+    _property(page, "Name (Optional)").get_by_text("moons", exact=True).wait_for()
     _shot(page, "03-custom-run-form")
-    page.get_by_role("button", name="Submit", exact=True).click()
+    _submit(page)
     custom = _new_run(stack, nightly["id"], before)
     finished = wait_for_run(stack, custom["id"])
     assert finished["state"]["type"] == "COMPLETED", stack.log("worker")
