@@ -83,6 +83,38 @@ def _property(page: Any, label: str) -> Any:
     )
 
 
+def _submit(page: Any) -> None:
+    """Submit the custom-run form; once the run exists the UI leaves the form."""
+    submit = page.get_by_role("button", name="Submit", exact=True)
+    submit.scroll_into_view_if_needed()
+    submit.click()
+    try:
+        page.wait_for_url(re.compile(r"/runs/flow-run/|/deployments/deployment/[0-9a-f-]+/?$"))
+    except Exception:
+        _shot(page, "03-submit-did-not-open-the-run")
+        raise
+
+
+def _quick_run(
+    page: Any, stack: Stack, deployment_id: str, known: set[str], name: str
+) -> dict[str, Any]:
+    """Run > Quick run on a deployment's page; the new flow run."""
+    for attempt in range(2):
+        page.get_by_role("button", name="Run", exact=True).click()
+        quick = page.get_by_text("Quick run", exact=True)
+        quick.wait_for()
+        quick.click()
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            fresh = [r for r in _flow_runs(stack, deployment_id) if r["id"] not in known]
+            if fresh:
+                return fresh[0]
+            page.wait_for_timeout(1000)
+        _shot(page, f"05-{name}-quick-run-attempt-{attempt}")
+        page.keyboard.press("Escape")
+    return _new_run(stack, deployment_id, known)
+
+
 def _flow_runs(stack: Stack, deployment_id: str) -> list[dict[str, Any]]:
     _, runs = stack.call(
         "POST", "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment_id]}}}
@@ -91,7 +123,7 @@ def _flow_runs(stack: Stack, deployment_id: str) -> list[dict[str, Any]]:
 
 
 def _new_run(stack: Stack, deployment_id: str, known: set[str]) -> dict[str, Any]:
-    deadline = time.monotonic() + 60
+    deadline = time.monotonic() + UI_TIMEOUT_MS / 1000
     while time.monotonic() < deadline:
         fresh = [r for r in _flow_runs(stack, deployment_id) if r["id"] not in known]
         if fresh:
@@ -130,8 +162,10 @@ def test_a_newcomer_runs_every_deployment_from_the_uis(browser: Any, served: Sta
     dataset.click()
     dataset.press("ArrowDown")  # opens the list of choices
     page.get_by_role("option", name="moons", exact=True).click()
+    page.get_by_role("listbox").wait_for(state="hidden")
+    _property(page, "Name (Optional)").get_by_text("moons", exact=True).wait_for()
     _shot(page, "03-custom-run-form")
-    page.get_by_role("button", name="Submit", exact=True).click()
+    _submit(page)
     custom = _new_run(stack, nightly["id"], before)
     finished = wait_for_run(stack, custom["id"])
     assert finished["state"]["type"] == "COMPLETED", stack.log("worker")
@@ -145,9 +179,7 @@ def test_a_newcomer_runs_every_deployment_from_the_uis(browser: Any, served: Sta
         target = deployment(stack, flow, name)
         known = {run["id"] for run in _flow_runs(stack, target["id"])}
         page.goto(f"{ui}/deployments/deployment/{target['id']}", wait_until="networkidle")
-        page.get_by_role("button", name="Run", exact=True).click()
-        page.get_by_text("Quick run", exact=True).click()
-        run = _new_run(stack, target["id"], known)
+        run = _quick_run(page, stack, target["id"], known, name)
         finished = wait_for_run(stack, run["id"])
         assert finished["state"]["type"] == "COMPLETED", stack.log("worker")
         page.goto(f"{ui}/runs/flow-run/{run['id']}", wait_until="networkidle")
