@@ -1,38 +1,182 @@
-"""The ``qmlops`` command line: ``train``, ``score``, ``sweep`` and ``devices``."""
+"""The ``qmlops`` command line: ``train``, ``score``, ``sweep`` and ``devices``.
+
+The options are generated from the flow parameters' pydantic models (:mod:`qmlops.config`):
+every default, bound, choice and description is written there once, and an option is named
+like the setting it sets (:func:`qmlops.config.setting_name`). The command line adds what only
+it needs: ``--force``, ``--verbose`` and sweep's ``--space``.
+
+Bad input ends the command with one line naming the problem and exit status 2 (the
+traceback stays in the Prefect run's logs, and on the console with ``--verbose``). Files named
+on the command line are read wherever the user can read them; runs that come through a
+server stay confined to the data root.
+"""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import os
 import sys
-from typing import Any, get_args
+import types
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
-from pydantic import ValidationError
+import annotated_types
+from pydantic import BaseModel, ValidationError
+from pydantic.fields import FieldInfo
 
 from qmlops.config import (
-    CircuitConfig,
-    DatasetConfig,
-    DeviceConfig,
-    ScoringConfig,
-    TrackingConfig,
-    TrainingConfig,
+    RUN_SECTIONS,
+    SECTIONS,
+    SWEEP_TRACKING,
+    describe_validation_error,
+    setting_name,
 )
 from qmlops.search_space import SweepExecution
 
 EXIT_BAD_INPUT = 2
 EXIT_UNAVAILABLE = 3
+NONE_WORDS = ("none", "exact", "full", "")
+TRAIN_SECTIONS = ("dataset", "circuit", "training", "device", "tracking", "promotion")
+"""The ``train`` flow's parameters, in the order ``qmlops train --help`` shows them."""
+READ_PATHS = {"dataset.path", "scoring.input_path"}
+"""Settings naming files the command reads (taken from the user's working directory)."""
+
+# -- options generated from the models ------------------------------------------------------
 
 
-def _choices(model: type, field: str) -> list[str]:
-    return list(get_args(model.model_fields[field].annotation))  # type: ignore[attr-defined]
+def _none_or(parse: Callable[[str], Any]) -> Callable[[str], Any]:
+    def parse_optional(text: str) -> Any:
+        return None if text.lower() in NONE_WORDS else parse(text)
+
+    parse_optional.__name__ = getattr(parse, "__name__", "value")
+    return parse_optional
 
 
-def _optional_int(text: str) -> int | None:
-    return None if text.lower() in ("none", "exact", "") else int(text)
+def _user_file(text: str) -> str:
+    return str(Path(text).expanduser().absolute())
+
+
+def _boolean(text: str) -> bool:
+    if text.lower() in ("true", "yes", "1", "on"):
+        return True
+    if text.lower() in ("false", "no", "0", "off"):
+        return False
+    raise ValueError(text)
+
+
+def _field_type(annotation: Any) -> tuple[Any, list[Any] | None, bool]:
+    """The value type, the choices (for a Literal) and whether ``None`` is allowed."""
+    optional = False
+    if get_origin(annotation) in (Union, types.UnionType):
+        members = [arg for arg in get_args(annotation) if arg is not type(None)]
+        optional = len(members) < len(get_args(annotation))
+        annotation = members[0]
+    if get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    if get_origin(annotation) is Literal:
+        choices = list(get_args(annotation))
+        return type(choices[0]), choices, optional
+    return annotation, None, optional
+
+
+def _bounds(info: FieldInfo) -> str:
+    words = {
+        annotated_types.Ge: ">=",
+        annotated_types.Gt: ">",
+        annotated_types.Le: "<=",
+        annotated_types.Lt: "<",
+    }
+    parts = [
+        f"{symbol} {getattr(item, kind.__name__.lower())}"
+        for item in info.metadata
+        for kind, symbol in words.items()
+        if isinstance(item, kind)
+    ]
+    return f" [{', '.join(parts)}]" if parts else ""
+
+
+def _help(info: FieldInfo, default: Any) -> str:
+    text = (info.description or "") + _bounds(info)
+    if default is not None:
+        text += f" (default: {default})"
+    return text.replace("%", "%%")
+
+
+def add_setting_options(
+    group: Any,
+    section: str,
+    defaults: BaseModel,
+    *,
+    exclude: tuple[str, ...] = (),
+    several: bool = False,
+) -> None:
+    """Add one ``--option`` per field of a model, named by :func:`setting_name`.
+
+    Absent options stay out of the parsed namespace, so the model's own defaults apply.
+
+    Args:
+        group: An argparse parser or argument group.
+        section: The flow parameter the model is (``dataset``, ``training``, ...).
+        defaults: The values the flow uses when an option is absent (shown in ``--help``).
+        exclude: Fields without an option.
+        several: Accept one or more values (sweep axes).
+    """
+    for field, info in type(defaults).model_fields.items():
+        if field in exclude:
+            continue
+        name = setting_name(section, field)
+        flag = "--" + name.replace("_", "-")
+        kind, choices, optional = _field_type(info.annotation)
+        options: dict[str, Any] = {
+            "dest": f"{section}.{field}",
+            "default": argparse.SUPPRESS,
+            "help": _help(info, getattr(defaults, field)),
+        }
+        if kind is bool and not several:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, **options)
+            continue
+        parse = _boolean if kind is bool else kind
+        parse = _user_file if options["dest"] in READ_PATHS else parse
+        options["type"] = _none_or(parse) if optional else parse
+        if choices is not None:
+            options["choices"] = choices + ([None] if optional else [])
+            options["metavar"] = "{" + ",".join(map(str, choices)) + "}"
+        else:
+            options["metavar"] = name.upper()
+        if several:
+            options["nargs"] = "+"
+            options["metavar"] = "V"
+            if choices is not None:
+                options["help"] = (
+                    f"one or more of {', '.join(map(str, choices))}. " + (options["help"])
+                )
+        group.add_argument(flag, **options)
+
+
+def given_settings(args: argparse.Namespace, section: str) -> dict[str, Any]:
+    """The fields of one section given on the command line."""
+    prefix = section + "."
+    return {dest[len(prefix) :]: v for dest, v in vars(args).items() if dest.startswith(prefix)}
+
+
+def build_section(args: argparse.Namespace, section: str, defaults: BaseModel) -> Any:
+    """The validated model of a section: its defaults, overridden by the options given.
+
+    Raises:
+        pydantic.ValidationError: For out-of-range or inconsistent values.
+    """
+    values = {**defaults.model_dump(exclude_unset=True), **given_settings(args, section)}
+    return type(defaults)(**values)
+
+
+# -- the parser ----------------------------------------------------------------------------
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """The argument parser (options mirror the flow parameters)."""
+    """The argument parser (options generated from the flow parameters' models)."""
     parser = argparse.ArgumentParser(
         prog="qmlops", description="Hybrid quantum-classical ML pipelines on Prefect and MLflow."
     )
@@ -40,105 +184,33 @@ def build_parser() -> argparse.ArgumentParser:
     train = commands.add_parser(
         "train",
         help="train a variational quantum classifier (and classical baselines), tracked in MLflow",
-        description="Run the `train` flow. Defaults reproduce `make demo` (iris, 4 qubits).",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Run the `train` flow. Defaults reproduce `make demo` (iris, qubits and "
+        "depth from the data, registered as qmlops-iris).",
     )
-    data = train.add_argument_group("data")
-    data.add_argument("--dataset", default="iris", choices=_choices(DatasetConfig, "name"))
-    data.add_argument("--data", metavar="PATH", help="CSV or Parquet file (overrides --dataset)")
-    data.add_argument("--target", metavar="COLUMN", help="label column of --data")
-    data.add_argument("--test-size", type=float, default=0.2)
-    data.add_argument("--validation-size", type=float, default=0.0)
-    data.add_argument("--samples", type=int, default=200, help="size of synthetic datasets")
-    circuit = train.add_argument_group("circuit")
-    circuit.add_argument(
-        "--qubits",
-        type=int,
-        default=None,
-        help="default: 4, or 8 for more than 8 features (breast_cancer)",
-    )
-    circuit.add_argument(
-        "--feature-map", default="z", choices=_choices(CircuitConfig, "feature_map")
-    )
-    circuit.add_argument("--feature-map-reps", type=int, default=1)
-    circuit.add_argument(
-        "--ansatz", default="efficient_su2", choices=_choices(CircuitConfig, "ansatz")
-    )
-    circuit.add_argument(
-        "--reps",
-        type=int,
-        default=None,
-        help="ansatz repetitions (default: 2 up to 4 qubits, 3 above)",
-    )
-    circuit.add_argument(
-        "--entanglement", default="reverse_linear", choices=_choices(CircuitConfig, "entanglement")
-    )
-    optim = train.add_argument_group("training")
-    optim.add_argument("--optimizer", default="adam", choices=_choices(TrainingConfig, "optimizer"))
-    optim.add_argument("--maxiter", type=int, default=100)
-    optim.add_argument("--learning-rate", type=float, default=0.1)
-    optim.add_argument("--batch-size", type=_optional_int, default=48, help="'none': full batch")
-    optim.add_argument(
-        "--shots", type=_optional_int, default=None, help="default: exact; with --device: there"
-    )
-    optim.add_argument("--backend", default="auto", choices=_choices(TrainingConfig, "backend"))
-    optim.add_argument("--seed", type=int, default=42)
-    optim.add_argument(
-        "--timeout", type=int, default=None, metavar="SECONDS", help="fail training after this"
-    )
-    optim.add_argument("--checkpoint-every", type=int, default=10, metavar="N")
-    optim.add_argument(
+    for section in TRAIN_SECTIONS:
+        add_setting_options(train.add_argument_group(section), section, SECTIONS[section]())
+    train.add_argument(
         "--force",
         action="store_true",
         help="recompute cached steps and train from scratch (ignore checkpoints)",
     )
-    track = train.add_argument_group("tracking")
-    track.add_argument("--experiment", default="qmlops")
-    track.add_argument("--model-name", default="qmlops-classifier")
-    track.add_argument("--no-register", action="store_true", help="do not register the model")
-    track.add_argument(
-        "--tracking-uri",
-        default=None,
-        help="default: $MLFLOW_TRACKING_URI or sqlite:///./mlruns/mlflow.db",
-    )
-    _add_device_options(train)
-    _add_devices_parser(commands)
+    _add_verbose(train)
     score = commands.add_parser(
         "score",
         help="score a CSV or Parquet file with a registered model (default: its champion)",
         description="Run the `score` flow: predictions and probabilities, recorded in MLflow.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
     )
-    score.add_argument("--input", required=True, metavar="PATH", help="CSV or Parquet file")
-    score.add_argument("--model-name", default="qmlops-classifier")
-    score.add_argument("--version", type=int, default=None, help="default: the champion")
-    score.add_argument("--output", metavar="PATH", help="also write predictions (.csv/.parquet)")
-    score.add_argument("--experiment", default="qmlops-scoring")
-    score.add_argument("--tracking-uri", default=None, help="default: as for train")
+    add_setting_options(score, "scoring", SECTIONS["scoring"]())
+    _add_verbose(score)
     _add_sweep_parser(commands)
+    _add_devices_parser(commands)
     return parser
 
 
-SWEEP_AXIS_OPTIONS: dict[str, tuple[str, Any]] = {
-    # option dest: (space key, value type)
-    "dataset": ("dataset", str),
-    "qubits": ("qubits", int),
-    "feature_map": ("feature_map", str),
-    "ansatz": ("ansatz", str),
-    "reps": ("reps", int),
-    "entanglement": ("entanglement", str),
-    "optimizer": ("optimizer", str),
-    "learning_rate": ("learning_rate", float),
-    "maxiter": ("maxiter", int),
-    "batch_size": ("batch_size", _optional_int),
-    "shots": ("shots", _optional_int),
-    "seed": ("seed", int),
-    "samples": ("samples", int),
-    "device": ("device", str),
-    "device_shots": ("device_shots", _optional_int),
-    "train_on": ("train_on", str),
-    "mitigation": ("mitigation", str),
-}
+def _add_verbose(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "-v", "--verbose", action="store_true", help="show tracebacks of bad input on the console"
+    )
 
 
 def _add_sweep_parser(commands: Any) -> None:
@@ -146,37 +218,53 @@ def _add_sweep_parser(commands: Any) -> None:
         "sweep",
         help="train many configurations in parallel (threads or Ray) and compare them in MLflow",
         description="Run the `sweep` flow over a search space: a YAML/JSON file (fixed settings "
-        "at the top, `grid:` axes, a `random:` section) and/or the axis options below. An axis "
-        "option with one value fixes that setting, with several values it becomes a grid axis; "
-        "it replaces what the file says about it.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        "at the top, `grid:` axes, a `random:` section) and/or the setting options below (the "
+        "same names as in the file and as `qmlops train`'s options). A setting with one value "
+        "is fixed, with several values it becomes a grid axis; it replaces what the file says "
+        "about it.",
     )
     sweep.add_argument("--space", metavar="FILE", help="search space, .yaml/.yml or .json")
-    axes = sweep.add_argument_group("axes (one value: fixed; several: grid)")
-    for dest, (_, kind) in SWEEP_AXIS_OPTIONS.items():
-        axes.add_argument(
-            "--" + dest.replace("_", "-"), dest=dest, nargs="+", type=kind, metavar="V"
-        )
-    run = sweep.add_argument_group("execution")
-    run.add_argument("--max-parallel", type=int, default=2, help="configurations at once")
-    run.add_argument("--runner", choices=["threads", "ray"], default="threads")
-    run.add_argument(
-        "--ray-address",
-        default=None,
-        help="Ray cluster to join (default: $RAY_ADDRESS, else local)",
+    for section in RUN_SECTIONS:
+        axes = sweep.add_argument_group(f"{section} (one value: fixed; several: grid)")
+        add_setting_options(axes, section, SECTIONS[section](), several=True)
+    add_setting_options(sweep.add_argument_group("execution"), "execution", SweepExecution())
+    add_setting_options(
+        sweep.add_argument_group("tracking"),
+        "tracking",
+        SWEEP_TRACKING,
+        exclude=("register_model",),  # --register-best decides
     )
-    run.add_argument("--result-storage", default=None, help="folder or Prefect storage block slug")
-    run.add_argument(
-        "--select-by",
-        default="test_accuracy",
-        choices=_choices(SweepExecution, "selection_metric"),
-        help="metric that picks the best configuration (highest wins)",
-    )
-    run.add_argument("--register-best", action="store_true", help="register the best model")
-    track = sweep.add_argument_group("tracking")
-    track.add_argument("--experiment", default="qmlops-sweeps")
-    track.add_argument("--model-name", default="qmlops-classifier")
-    track.add_argument("--tracking-uri", default=None)
+    _add_verbose(sweep)
+
+
+# -- building the flow parameters ----------------------------------------------------------
+
+
+def configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the validated ``train`` flow parameters.
+
+    Raises:
+        pydantic.ValidationError: For out-of-range or unknown values.
+    """
+    params = {
+        section: build_section(args, section, SECTIONS[section]()) for section in TRAIN_SECTIONS
+    }
+    training, device = params["training"], params["device"]
+    if device.device != "ideal" and device.shots is None and training.shots is not None:
+        # `--device X --shots N`: the shots are the device's; training stays exact unless it
+        # runs on the device (which takes its shots from the device too).
+        params["device"] = device.model_copy(update={"shots": training.shots})
+        params["training"] = training.model_copy(update={"shots": None})
+    return params
+
+
+def score_configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
+    """Build the validated parameters of the score flow.
+
+    Raises:
+        pydantic.ValidationError: For out-of-range or unknown values.
+    """
+    return {"scoring": build_section(args, "scoring", SECTIONS["scoring"]())}
 
 
 def sweep_params_from_args(args: argparse.Namespace) -> dict[str, Any]:
@@ -202,185 +290,111 @@ def sweep_params_from_args(args: argparse.Namespace) -> dict[str, Any]:
                 **{key: {spec["kind"]: spec["values"]} for key, spec in random["axes"].items()},
             }
     overrides = {
-        space_key: getattr(args, dest)
-        for dest, (space_key, _) in SWEEP_AXIS_OPTIONS.items()
-        if getattr(args, dest) is not None
+        setting_name(section, field): values
+        for section in RUN_SECTIONS
+        for field, values in given_settings(args, section).items()
     }
     space = parse_space(override_axes(document, overrides))
     expand(space)  # every configuration is validated now, before a flow run starts
+    execution = build_section(args, "execution", SweepExecution())
+    tracking = build_section(args, "tracking", SWEEP_TRACKING)
     return {
         "space": space,
-        "execution": SweepExecution(
-            runner=args.runner,
-            max_parallel=args.max_parallel,
-            ray_address=args.ray_address,
-            result_storage=args.result_storage,
-            selection_metric=args.select_by,
-            register_best=args.register_best,
-        ),
-        "tracking": TrackingConfig(
-            experiment=args.experiment,
-            model_name=args.model_name,
-            register_model=args.register_best,
-            tracking_uri=args.tracking_uri,
-        ),
+        "execution": execution,
+        "tracking": tracking.model_copy(update={"register_model": execution.register_best}),
     }
 
 
-def _print_sweep_summary(result: dict[str, Any]) -> None:
-    rows = result["rows"]
-    metric = result["selection_metric"]
-    columns = ["configuration", "status", *rows[0]] if rows else []
-    columns = list(dict.fromkeys(c for c in columns if c not in ("mlflow_run_id", "error")))
-
-    def cell(value: Any) -> str:
-        return f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value))
-
-    print()
-    _print_table(columns, [[cell(row.get(c)) for c in columns] for row in rows])
-    for row in rows:
-        if row["error"]:
-            print(f"{row['configuration']} failed: {row['error']}")
-    print()
-    best = result["best"]
-    if best is None:
-        print("no configuration completed")
-    else:
-        print(f"best             {best['configuration']} ({metric} {best[metric]:.3f})")
-        print(f"rule             {result['selection_rule']}")
-        if result.get("registered_version"):
-            print(f"registered as    version {result['registered_version']}")
-    print(f"MLflow run id    {result['run_id']} (parent; one child run per configuration)")
-    uri = result["tracking_uri"]
-    print(f"open the UI      mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+# -- running and reporting -----------------------------------------------------------------
 
 
-def _main_sweep(args: argparse.Namespace) -> int:
+def _input_error_names() -> tuple[str, ...]:
     from qmlops.errors import InputError
 
+    names, waiting = [], [InputError]
+    while waiting:
+        kind = waiting.pop()
+        names.append(kind.__name__)
+        waiting.extend(kind.__subclasses__())
+    return tuple(f"{name}:" for name in names)
+
+
+class _InputErrorFilter(logging.Filter):
+    """Keeps bad-input failures (tracebacks and failed-state lines) off the console."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from qmlops.errors import InputError
+
+        self._input_error = InputError
+        self._names = _input_error_names()
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.exc_info and isinstance(record.exc_info[1], self._input_error):
+            return False
+        if record.levelno >= logging.ERROR and record.name.startswith(
+            ("prefect.flow_runs", "prefect.task_runs")
+        ):
+            message = record.getMessage()
+            return not any(name in message for name in self._names)
+        return True
+
+
+@contextlib.contextmanager
+def _console_without_input_tracebacks(verbose: bool) -> Iterator[None]:
+    """Drop bad-input tracebacks from Prefect's console handlers (not from its API logs)."""
+    if verbose:
+        yield
+        return
+    from prefect.logging.handlers import PrefectConsoleHandler
+
+    handlers = [
+        handler
+        for logger in (logging.getLogger(), logging.getLogger("prefect"))
+        for handler in logger.handlers
+        if isinstance(handler, PrefectConsoleHandler)
+    ]
+    quiet = _InputErrorFilter()
+    for handler in handlers:
+        handler.addFilter(quiet)
     try:
-        params = sweep_params_from_args(args)
-    except (InputError, ValidationError) as error:
-        print(f"qmlops: invalid sweep:\n{error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        yield
+    finally:
+        for handler in handlers:
+            handler.removeFilter(quiet)
+
+
+def _one_line(error: BaseException) -> str:
+    return " ".join(f"{type(error).__name__}: {error}".split())
+
+
+def _run(flow_call: Callable[[], dict[str, Any]], verbose: bool) -> dict[str, Any] | int:
+    """Run a flow in the foreground; a bad input or an unreachable service is an exit code."""
     from flows.heartbeats import without_flow_heartbeats
-    from flows.sweep import sweep
+    from qmlops.errors import InputError
+    from tasks.data import files_anywhere
     from tasks.ray_runner import RayUnavailableError
     from tasks.tracking import TrackingUnavailableError
 
     try:
-        with without_flow_heartbeats():
-            result = sweep(**params)
+        with (
+            without_flow_heartbeats(),
+            files_anywhere(),
+            _console_without_input_tracebacks(verbose),
+        ):
+            return flow_call()
     except InputError as error:
-        print(f"qmlops: {type(error).__name__}: {error}", file=sys.stderr)
+        print(f"qmlops: {_one_line(error)}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except (RayUnavailableError, TrackingUnavailableError) as error:
         print(f"qmlops: {error}", file=sys.stderr)
         return EXIT_UNAVAILABLE
-    _print_sweep_summary(result)
-    return 0 if result["best"] is not None else 1
 
 
-def _default_qubits(args: argparse.Namespace) -> int:
-    if args.qubits is not None:
-        return int(args.qubits)
-    return (
-        8
-        if args.data is None and args.dataset == "breast_cancer"
-        else (2 if args.data is None and args.dataset in ("moons", "circles", "ad_hoc") else 4)
-    )
-
-
-def configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Build the validated flow parameters.
-
-    Raises:
-        pydantic.ValidationError: For out-of-range or unknown values.
-    """
-    return {
-        "dataset": DatasetConfig(
-            name=args.dataset,
-            path=args.data,
-            target=args.target,
-            n_samples=args.samples,
-            test_size=args.test_size,
-            validation_size=args.validation_size,
-        ),
-        "circuit": CircuitConfig(
-            n_qubits=_default_qubits(args),
-            feature_map=args.feature_map,
-            feature_map_reps=args.feature_map_reps,
-            ansatz=args.ansatz,
-            ansatz_reps=args.reps,
-            entanglement=args.entanglement,
-        ),
-        "training": TrainingConfig(
-            optimizer=args.optimizer,
-            maxiter=args.maxiter,
-            learning_rate=args.learning_rate,
-            batch_size=args.batch_size,
-            # With a device, --shots are the device's; training stays exact unless on the device.
-            shots=args.shots if args.device == "ideal" else None,
-            backend=args.backend,
-            random_state=args.seed,
-            timeout_s=args.timeout,
-            checkpoint_every=args.checkpoint_every,
-        ),
-        "tracking": TrackingConfig(
-            experiment=args.experiment,
-            model_name=args.model_name,
-            register_model=not args.no_register,
-            tracking_uri=args.tracking_uri,
-        ),
-        "device": device_config_from_args(args),
-    }
-
-
-# -- devices ---------------------------------------------------------------------------------
-
-
-def _add_device_options(train: argparse.ArgumentParser) -> None:
-    group = train.add_argument_group("device (see `qmlops devices`)")
-    group.add_argument(
-        "--device", default="ideal", help="also evaluate there: fake_manila, noise:depolarizing,..."
-    )
-    group.add_argument(
-        "--train-on",
-        default="ideal",
-        choices=_choices(DeviceConfig, "train_on"),
-        help="where to train",
-    )
-    group.add_argument(
-        "--optimization-level", type=int, default=1, choices=[0, 1, 2, 3], help="transpiler"
-    )
-    group.add_argument("--mitigation", default="none", choices=_choices(DeviceConfig, "mitigation"))
-    group.add_argument("--max-shots", type=int, default=None, help="refuse runs needing more")
-    group.add_argument(
-        "--max-qpu-seconds", type=float, default=None, help="refuse hardware runs above this"
-    )
-    group.add_argument("--one-qubit-error", type=float, default=0.001, help="noise:depolarizing")
-    group.add_argument("--two-qubit-error", type=float, default=0.01, help="noise:depolarizing")
-    group.add_argument("--readout-error", type=float, default=0.02, help="noise:depolarizing")
-
-
-def device_config_from_args(args: argparse.Namespace) -> DeviceConfig:
-    """The :class:`DeviceConfig` of ``qmlops train``'s device options (``--shots`` included).
-
-    Raises:
-        pydantic.ValidationError: For out-of-range or unknown values.
-    """
-    return DeviceConfig(
-        device=args.device,
-        shots=None if args.device == "ideal" else args.shots,
-        train_on=args.train_on,
-        optimization_level=args.optimization_level,
-        mitigation=args.mitigation,
-        max_shots=args.max_shots,
-        max_qpu_seconds=args.max_qpu_seconds,
-        one_qubit_error=args.one_qubit_error,
-        two_qubit_error=args.two_qubit_error,
-        readout_error=args.readout_error,
-    )
+def _print_table(header: list[str], rows: list[list[str]]) -> None:
+    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
+    for row in [header, ["-" * w for w in widths], *rows]:
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
 
 
 def _add_devices_parser(commands: Any) -> None:
@@ -409,10 +423,12 @@ def _main_devices(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_table(header: list[str], rows: list[list[str]]) -> None:
-    widths = [max(len(r[i]) for r in [header, *rows]) for i in range(len(header))]
-    for row in [header, ["-" * w for w in widths], *rows]:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
+def _print_ui_hint(result: dict[str, Any]) -> None:
+    uri = result["tracking_uri"]
+    print(f"open the UI      mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
+    # MLflow 3's UI opens in its GenAI view unless told (a sidebar toggle, or this parameter).
+    run = f"#/experiments/{result['experiment_id']}/runs/{result['run_id']}"
+    print(f"then             http://127.0.0.1:5000/{run}?workflowType=machine_learning")
 
 
 def _print_summary(result: dict[str, Any]) -> None:
@@ -425,6 +441,13 @@ def _print_summary(result: dict[str, Any]) -> None:
     _print_table(header, rows)
     print()
     print(f"training time    {result['fit_time_s']:.2f} s on the {result['backend']} engine")
+    if result.get("training_cached"):
+        print("training         from the cache (same data and settings; --force retrains)")
+    elif result.get("resumed_from_iteration"):
+        print(
+            f"training         resumed from the checkpoint at iteration "
+            f"{result['resumed_from_iteration']} (--force starts over)"
+        )
     print(f"MLflow run id    {result['run_id']}")
     print(f"model            {result['model_uri']}")
     if result.get("registered_version"):
@@ -437,26 +460,11 @@ def _print_summary(result: dict[str, Any]) -> None:
             + ("" if mitigated is None else f" ({mitigated:.3f} with readout mitigation)")
             + f", {device['shots']} shots, depth {device['transpiled']['transpiled_depth']}"
         )
-    uri = result["tracking_uri"]
-    print(f"open the UI      mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000")
-
-
-def score_configs_from_args(args: argparse.Namespace) -> dict[str, Any]:
-    """Build the validated parameters of the score flow.
-
-    Raises:
-        pydantic.ValidationError: For out-of-range or unknown values.
-    """
-    return {
-        "scoring": ScoringConfig(
-            input_path=args.input,
-            model_name=args.model_name,
-            model_version=args.version,
-            output_path=args.output,
-            experiment=args.experiment,
-            tracking_uri=args.tracking_uri,
-        )
-    }
+    promotion = result.get("promotion") or {}
+    if promotion.get("promotion.reason"):
+        verdict = "promoted" if promotion.get("promotion.promote") == "True" else "not promoted"
+        print(f"champion         {verdict}: {promotion['promotion.reason']}")
+    _print_ui_hint(result)
 
 
 def _print_scored(result: dict[str, Any]) -> None:
@@ -466,36 +474,84 @@ def _print_scored(result: dict[str, Any]) -> None:
         print(f"predictions      {result['output_path']}")
 
 
+def _print_sweep_summary(result: dict[str, Any]) -> None:
+    rows = result["rows"]
+    metric = result["selection_metric"]
+    columns = ["configuration", "status", *rows[0]] if rows else []
+    columns = list(dict.fromkeys(c for c in columns if c not in ("mlflow_run_id", "error")))
+
+    def cell(value: Any) -> str:
+        return f"{value:.3f}" if isinstance(value, float) else ("" if value is None else str(value))
+
+    print()
+    _print_table(columns, [[cell(row.get(c)) for c in columns] for row in rows])
+    for row in rows:
+        if row["error"]:
+            print(f"{row['configuration']} failed: {row['error']}")
+    print()
+    best = result["best"]
+    if best is None:
+        print("no configuration completed")
+    else:
+        print(f"best             {best['configuration']} ({metric} {best[metric]:.3f})")
+        print(f"rule             {result['selection_rule']}")
+        if result.get("registered_version"):
+            print(f"registered as    version {result['registered_version']}")
+    print(f"MLflow run id    {result['run_id']} (parent; one child run per configuration)")
+    _print_ui_hint(result)
+
+
+def _parameters(args: argparse.Namespace) -> dict[str, Any]:
+    if args.command == "sweep":
+        return sweep_params_from_args(args)
+    if args.command == "score":
+        return score_configs_from_args(args)
+    return configs_from_args(args)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``qmlops`` command."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
+    # The temporary server's 20 s start-up limit is too short on a busy machine.
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "120")
+    if os.environ.get("PREFECT_API_URL") == "":
+        # Empty counts as unset: Prefect would try to send events to "" and fail every task.
+        del os.environ["PREFECT_API_URL"]
     args = build_parser().parse_args(argv)
     if args.command == "devices":
         return _main_devices(args)
-    if args.command == "sweep":
-        return _main_sweep(args)
-    scoring = args.command == "score"
-    try:
-        params = score_configs_from_args(args) if scoring else configs_from_args(args)
-    except ValidationError as error:
-        print(f"qmlops: invalid options:\n{error}", file=sys.stderr)
-        return EXIT_BAD_INPUT
-    from flows.heartbeats import without_flow_heartbeats
-    from flows.score import score
-    from flows.train import train
     from qmlops.errors import InputError
-    from tasks.tracking import TrackingUnavailableError
 
     try:
-        with without_flow_heartbeats():
-            result = score(**params) if scoring else train(**params, force=args.force)
-    except InputError as error:
-        print(f"qmlops: {type(error).__name__}: {error}", file=sys.stderr)
+        params = _parameters(args)
+    except ValidationError as error:
+        print(f"qmlops: invalid options: {describe_validation_error(error, True)}", file=sys.stderr)
         return EXIT_BAD_INPUT
-    except TrackingUnavailableError as error:
-        print(f"qmlops: {error}", file=sys.stderr)
-        return EXIT_UNAVAILABLE
-    (_print_scored if scoring else _print_summary)(result)
+    except InputError as error:
+        print(f"qmlops: {_one_line(error)}", file=sys.stderr)
+        return EXIT_BAD_INPUT
+    if args.command == "sweep":
+        from flows.sweep import sweep
+
+        swept = _run(lambda: sweep(**params), args.verbose)
+        if isinstance(swept, int):
+            return swept
+        _print_sweep_summary(swept)
+        return 0 if swept["best"] is not None else 1
+    if args.command == "score":
+        from flows.score import score
+
+        scored = _run(lambda: score(**params), args.verbose)
+        if isinstance(scored, int):
+            return scored
+        _print_scored(scored)
+        return 0
+    from flows.train import train
+
+    trained = _run(lambda: train(**params, force=args.force), args.verbose)
+    if isinstance(trained, int):
+        return trained
+    _print_summary(trained)
     return 0
 
 

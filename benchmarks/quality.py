@@ -109,12 +109,18 @@ class QualitySet:
     options: tuple[str, ...] = ()
     build: Callable[[], pd.DataFrame] | None = None
 
-    def cli_args(self) -> list[str]:
-        """The ``qmlops train`` arguments that select this data set (files relative to the data
-        root, where :meth:`write_file` puts them)."""
+    def cli_args(self, folder: Path | None = None) -> list[str]:
+        """The ``qmlops train`` arguments that select this data set.
+
+        Args:
+            folder: Where :meth:`write_file` put the file; the command line reads a relative
+                path from the working directory, so it is named inside the folder. ``None``:
+                the bare file name, as a user in that folder types it.
+        """
         if self.build is None:
             return ["--dataset", self.name, *self.options]
-        return ["--data", f"{self.name}.csv", "--target", TARGET, *self.options]
+        file = f"{self.name}.csv" if folder is None else str(folder / f"{self.name}.csv")
+        return ["--data", file, "--target", TARGET, *self.options]
 
     def write_file(self, folder: Path) -> None:
         """Write a file data set's CSV into the data root (once)."""
@@ -227,17 +233,18 @@ def train_and_score(
 ) -> Outcome:
     """Train every quantum variant and every baseline on one split, as ``qmlops train`` would."""
     from qmlops.baselines import train_baselines
-    from qmlops.config import DatasetConfig
+    from qmlops.config import DatasetConfig, resolve_circuit
     from qmlops.data import load_dataset
     from qmlops_cli import build_parser, configs_from_args
     from tasks.data import preprocess_features
     from tasks.training import build_classifier
 
     quality_set.write_file(folder)
-    args = build_parser().parse_args(["train", *quality_set.cli_args(), "--seed", str(seed)])
+    args = build_parser().parse_args(["train", *quality_set.cli_args(folder), "--seed", str(seed)])
     configs = configs_from_args(args)
-    circuit, training = configs["circuit"], configs["training"]
+    training = configs["training"]
     data = load_dataset(configs["dataset"], data_root=folder)
+    circuit = resolve_circuit(configs["circuit"], data.features.shape[1], data.n_classes)
     prepared_by_encoding: dict[str, Any] = {}
     test_accuracy: dict[str, float] = {}
     train_accuracy: dict[str, float] = {}
@@ -248,7 +255,7 @@ def train_and_score(
         if key not in prepared_by_encoding:
             config = DatasetConfig(**{**configs["dataset"].model_dump(), **dataset_settings})
             prepared_by_encoding[key] = preprocess_features.fn(
-                data, config, circuit.n_qubits, training.random_state
+                data, config, circuit.qubits, training.random_state
             )
         return prepared_by_encoding[key]
 
@@ -271,7 +278,7 @@ def train_and_score(
         test_accuracy=test_accuracy,
         train_accuracy=train_accuracy,
         fit_seconds=fit_seconds,
-        n_qubits=circuit.n_qubits,
+        n_qubits=circuit.qubits,
         n_train=int(prepared.X_train.shape[0]),
         n_test=int(prepared.X_test.shape[0]),
         n_classes=data.n_classes,

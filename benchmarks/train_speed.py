@@ -420,7 +420,7 @@ def demo_parameters(tracking_uri: str) -> dict[str, Any]:
 
 def plain_script(params: dict[str, Any]) -> None:
     """The train flow's work without Prefect: the same core calls, MLflow logging and gate."""
-    from qmlops.config import PromotionConfig
+    from qmlops.config import PromotionConfig, resolve_circuit, resolve_model_name
     from tasks import data, evaluation, tracking, training
     from tasks.train_and_record import train_run_configs
 
@@ -429,7 +429,9 @@ def plain_script(params: dict[str, Any]) -> None:
         params[k] for k in ("dataset", "circuit", "training", "tracking")
     )
     loaded = data.load_dataset.fn(dataset)
-    prepared = data.preprocess_features.fn(loaded, dataset, circuit.n_qubits, train.random_state)
+    circuit = resolve_circuit(circuit, loaded.features.shape[1], loaded.n_classes)
+    model_name = resolve_model_name(track.model_name, dataset)
+    prepared = data.preprocess_features.fn(loaded, dataset, circuit.qubits, train.random_state)
     training.build_classifier(circuit, train).plan(
         prepared.X_train.shape[0], 0, prepared.X_train.shape[1], loaded.n_classes
     )
@@ -443,7 +445,7 @@ def plain_script(params: dict[str, Any]) -> None:
     tracking.log_training.fn(run, model)
     tracking.log_evaluation.fn(run, evaluations)
     logged = tracking.log_model.fn(
-        run, model, prepared, list(loaded.feature_names), track.model_name, track.register_model
+        run, model, prepared, list(loaded.feature_names), model_name, track.register_model
     )
     if logged.registered_version:
         tracking.promote_model.fn(run, logged, evaluations, loaded.fingerprint, promotion)

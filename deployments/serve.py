@@ -290,6 +290,10 @@ def start(settings: Settings) -> None:
                 str(settings.mlflow_port),
                 "--workers",
                 "2",
+                # uvicorn restarts a worker that misses a 5 s health check: on a busy machine
+                # every worker would be killed while it is still importing MLflow.
+                "--uvicorn-opts",
+                "--timeout-worker-healthcheck 120",
             ],
             f"{settings.mlflow_uri}/health",
             env,
@@ -309,6 +313,7 @@ def start(settings: Settings) -> None:
     print()
     print(f"Prefect UI   {settings.prefect_api_url.removesuffix('/api')}")
     print(f"MLflow UI    {settings.mlflow_uri}")
+    print('             (choose "Model training" at its top left: runs, charts, models)')
     print(f"logs         {settings.state_dir}")
     print(f"use it       export PREFECT_API_URL={settings.prefect_api_url}")
     print(f"             export MLFLOW_TRACKING_URI={settings.mlflow_uri}")

@@ -1,6 +1,6 @@
 """No flow-run heartbeats for flows run in the foreground (the ``qmlops`` CLI, ``make demo``).
 
-Prefect 3.8 emits flow-run heartbeats from a thread that the engine joins when the run ends.
+Prefect 3.9 emits flow-run heartbeats from a thread that the engine joins when the run ends.
 That thread sleeps in one-second steps, so every run ends up to a second late: measured here, a
 flow with one trivial task took 1.07 s with heartbeats and 0.08 s without. Heartbeats serve one
 purpose, zombie detection of runs that a worker or runner executes (through an automation

@@ -11,7 +11,12 @@ from prefect.runtime import flow_run
 
 from qmlops.config import ScoringConfig
 from qmlops.scoring import check_output_path, write_table
-from tasks.scoring import check_input_columns, predict_batch, read_scoring_input
+from tasks.scoring import (
+    check_input_columns,
+    predict_batch,
+    read_scoring_input,
+    sample_training_data,
+)
 from tasks.tracking import (
     flow_run_tags,
     load_registered_model,
@@ -22,12 +27,13 @@ from tasks.tracking import (
 
 
 @flow(name="score", log_prints=True)
-def score(scoring: ScoringConfig) -> dict[str, Any]:
+def score(scoring: ScoringConfig = ScoringConfig()) -> dict[str, Any]:  # noqa: B008 - frozen
     """Score a CSV or Parquet file with a registered model and record the run in MLflow.
 
     Args:
-        scoring: Input file, model name and version (default: the `champion` alias), output
-            file and MLflow experiment.
+        scoring: Input file (default: the features of the built-in dataset the model was
+            trained on), model name and version (default: the `champion` alias), output file
+            and MLflow experiment.
 
     Returns:
         The MLflow run id, the model URI used, the row count and where predictions went.
@@ -38,8 +44,11 @@ def score(scoring: ScoringConfig) -> dict[str, Any]:
     """
     if scoring.output_path is not None:
         check_output_path(scoring.output_path)
-    frame = read_scoring_input(scoring.input_path)
+    given = scoring.input_path
+    frame = None if given is None else read_scoring_input(given)
     model = load_registered_model(scoring.tracking_uri, scoring.model_name, scoring.model_version)
+    if frame is None:
+        frame = sample_training_data(scoring.tracking_uri, model.name, model.version)
     features = check_input_columns(frame, model.input_columns)
     predictions = predict_batch(model.pyfunc, features)
 
@@ -55,7 +64,7 @@ def score(scoring: ScoringConfig) -> dict[str, Any]:
             {
                 "model_name": model.name,
                 "model_version": model.version,
-                "input_path": str(Path(scoring.input_path).resolve()),
+                "input_path": "" if given is None else str(Path(given).resolve()),
                 "output_path": scoring.output_path or "",
             },
             predictions,
@@ -66,6 +75,7 @@ def score(scoring: ScoringConfig) -> dict[str, Any]:
         create_markdown_artifact(
             markdown=(
                 f"## Scored {len(predictions)} rows with {model.uri}\n\n"
+                f"- **input**: {given or 'the built-in dataset the model was trained on'}\n"
                 f"- **MLflow run**: {run.run_id} in {run.tracking_uri} (`{artifact}`)\n"
                 f"- **output file**: {scoring.output_path or 'none'}\n"
             ),

@@ -21,7 +21,13 @@ from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
 
 from qmlops.concurrency import available_cores, threads_per_training
-from qmlops.config import DeviceConfig, TrackingConfig
+from qmlops.config import (
+    SWEEP_TRACKING,
+    DeviceConfig,
+    TrackingConfig,
+    resolve_circuit,
+    resolve_model_name,
+)
 from qmlops.errors import InputError
 from qmlops.metrics import METRIC_NAMES
 from qmlops.scheduling import dispatch, longest_first
@@ -50,8 +56,6 @@ from tasks.tracking import (
 )
 from tasks.training import train_baselines
 
-DEFAULT_TRACKING = TrackingConfig(experiment="qmlops-sweeps", register_model=False)
-
 
 @task(name="expand-search-space", retries=0, cache_policy=NO_CACHE)
 def expand_search_space(space: SearchSpace) -> list[SweepConfiguration]:
@@ -77,7 +81,7 @@ def sweep_configurations(
     split_random_state: int,
     parent: TrackedRun,
     execution: SweepExecution,
-    model_name: str,
+    model_name: str | None,
 ) -> dict[str, Any]:
     """Prepare each dataset once, then train every configuration on this flow's task runner.
 
@@ -97,16 +101,28 @@ def sweep_configurations(
     costs: list[float] = []
     train_configuration = configuration_task(execution)
     with shared_interpreter(execution, threads):
-        groups: dict[tuple[str, int], list[SweepConfiguration]] = {}
+        groups: dict[tuple[str, int | None], list[SweepConfiguration]] = {}
         for configuration in configurations:
             groups.setdefault(configuration.data_key, []).append(configuration)
         for group in groups.values():
             first = group[0]
-            label = data_key_label(first.dataset, first.circuit.n_qubits)
             try:
                 data = load_dataset(first.dataset)
+                # Empty qubits and depths resolve from the data as in a single training.
+                group = [
+                    c.model_copy(
+                        update={
+                            "circuit": resolve_circuit(
+                                c.circuit, data.features.shape[1], data.n_classes
+                            )
+                        }
+                    )
+                    for c in group
+                ]
+                first = group[0]
+                label = data_key_label(first.dataset, first.circuit.qubits)
                 prepared = preprocess_features(
-                    data, first.dataset, first.circuit.n_qubits, split_random_state
+                    data, first.dataset, first.circuit.qubits, split_random_state
                 )
             except InputError as error:
                 for configuration in group:
@@ -125,7 +141,13 @@ def sweep_configurations(
                 work.append((configuration, (configuration, data, prepared, evaluations, parent)))
 
         def start(item: tuple[SweepConfiguration, tuple[Any, ...]]) -> PrefectFuture[Any]:
-            return train_configuration.submit(*item[1], threads, own_process, model_name)
+            configuration, arguments = item
+            return train_configuration.submit(
+                *arguments,
+                threads,
+                own_process,
+                resolve_model_name(model_name, configuration.dataset),
+            )
 
         def first_finished(running: list[PrefectFuture[Any]]) -> PrefectFuture[Any]:
             return next(as_completed(running))
@@ -168,7 +190,7 @@ def publish_comparison(rows: list[dict[str, Any]], best: dict[str, Any] | None, 
 def sweep(
     space: SearchSpace = SearchSpace(),  # noqa: B008 - frozen pydantic defaults
     execution: SweepExecution = SweepExecution(),  # noqa: B008
-    tracking: TrackingConfig = DEFAULT_TRACKING,
+    tracking: TrackingConfig = SWEEP_TRACKING,
     device: DeviceConfig | None = None,
 ) -> dict[str, Any]:
     """Train every configuration of a search space in parallel and compare them.
@@ -233,7 +255,12 @@ def sweep(
             publish_comparison(rows, best, rule)
             registered = None
             if best is not None and execution.register_best:
-                registered = register_best_model(parent, best["mlflow_run_id"], tracking.model_name)
+                [winner] = [c for c in configurations if c.name == best["configuration"]]
+                registered = register_best_model(
+                    parent,
+                    best["mlflow_run_id"],
+                    resolve_model_name(tracking.model_name, winner.dataset),
+                )
             if best is not None:
                 print(f"best configuration: {best['configuration']} {metric}={best[metric]:.3f}")
     return {

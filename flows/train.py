@@ -21,6 +21,8 @@ from qmlops.config import (
     PromotionConfig,
     TrackingConfig,
     TrainingConfig,
+    resolve_circuit,
+    resolve_model_name,
 )
 from qmlops.promotion import PromotionDecision
 from tasks.caching import cached
@@ -52,9 +54,10 @@ def train(
 
     Args:
         dataset: Which data and how to split and encode it.
-        circuit: Feature map and ansatz.
+        circuit: Feature map and ansatz (empty qubits and depth: from the data).
         training: Optimizer and simulator settings.
-        tracking: MLflow experiment, registered model name and tracking URI.
+        tracking: MLflow experiment, registered model name (empty: qmlops-{dataset}) and
+            tracking URI.
         promotion: When the registered version takes the `champion` alias.
         force: Recompute cached steps and train from scratch (ignore checkpoints).
         device: Where the model is also evaluated (test_*_device metrics), optionally trained,
@@ -66,8 +69,10 @@ def train(
     """
     prepare_tracking(tracking.tracking_uri, tracking.experiment)
     data = load_dataset(dataset)
+    circuit = resolve_circuit(circuit, data.features.shape[1], data.n_classes)
+    model_name = resolve_model_name(tracking.model_name, dataset)
     prepared = cached(preprocess_features, force)(
-        data, dataset, circuit.n_qubits, training.random_state
+        data, dataset, circuit.qubits, training.random_state
     )
     check_training_size(prepared, circuit, training, data.n_classes)
     device_plan = check_device_run(prepared, circuit, training, device, data.n_classes)
@@ -89,7 +94,7 @@ def train(
             training,
             configs=train_run_configs(dataset, circuit, training, tracking, promotion, device),
             baseline_evaluations=evaluate_models(baselines, prepared),
-            model_name=tracking.model_name,
+            model_name=model_name,
             register=tracking.register_model,
             trainer=training_task(training, force),
             device=device,

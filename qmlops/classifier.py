@@ -20,7 +20,7 @@ from qmlops.circuits import (
     estimate_resources,
 )
 from qmlops.concurrency import resolve_threads
-from qmlops.config import default_ansatz_reps
+from qmlops.config import MAX_BATCH_SIZE, MAX_ITERATIONS, MAX_SHOTS, default_ansatz_reps
 from qmlops.errors import ConfigurationError, ModelFormatError
 from qmlops.simulation import BACKENDS, CircuitEvaluator, adjoint_states_held, planned_backend
 from qmlops.training import (
@@ -156,12 +156,12 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
                 "gradient='adjoint' needs exact simulation on the numpy engine (shots=None, "
                 "backend 'auto' or 'numpy'); use gradient='parameter_shift' or 'auto'"
             )
-        check_integer("maxiter", self.maxiter, 1, 100_000)
+        check_integer("maxiter", self.maxiter, 1, MAX_ITERATIONS)
         check_integer("simulator_threads", self.simulator_threads, 0, 1024)
         if self.batch_size is not None:
-            check_integer("batch_size", self.batch_size, 1, 10_000_000)
+            check_integer("batch_size", self.batch_size, 1, MAX_BATCH_SIZE)
         if self.shots is not None:
-            check_integer("shots", self.shots, 1, 10_000_000)
+            check_integer("shots", self.shots, 1, MAX_SHOTS)
         if not (
             isinstance(self.learning_rate, int | float)
             and np.isfinite(self.learning_rate)

@@ -85,11 +85,12 @@ def decide_promotion(
 ) -> PromotionDecision:
     """Decide whether a candidate model replaces the champion.
 
-    The candidate is promoted when (1) it beats the best classical baseline on the deciding
-    metric, unless ``config.require_beat_baseline`` is off, and (2) there is no champion yet,
-    or the champion was evaluated on the same dataset fingerprint and the candidate exceeds
-    its value by more than ``config.margin``. A champion measured on other data is not
-    comparable, so it stays (ties and missing figures keep the champion too).
+    The first registered version becomes the champion; a later one replaces it when it
+    exceeds the champion's value by more than ``config.margin`` (ties and missing figures keep
+    the champion). A champion evaluated on other data (another dataset fingerprint) is not
+    comparable: the candidate, trained on the newer data, replaces it, so a change of data
+    never blocks promotion for good. The best classical baseline is always compared and
+    reported; it blocks promotion only when ``config.require_beat_baseline`` is on.
 
     Args:
         candidate_metrics: The candidate's held-out metrics (name to value).
@@ -104,15 +105,14 @@ def decide_promotion(
     name = config.metric
     candidate = float(candidate_metrics.get(name, math.nan))
     baseline_name, baseline = None, None
-    if config.require_beat_baseline:
-        finite = {
-            model: float(metrics[name])
-            for model, metrics in baseline_metrics.items()
-            if math.isfinite(metrics.get(name, math.nan))
-        }
-        if finite:
-            baseline_name = max(finite, key=lambda model: finite[model])
-            baseline = finite[baseline_name]
+    finite = {
+        model: float(metrics[name])
+        for model, metrics in baseline_metrics.items()
+        if math.isfinite(metrics.get(name, math.nan))
+    }
+    if finite:
+        baseline_name = max(finite, key=lambda model: finite[model])
+        baseline = finite[baseline_name]
 
     comparable = champion is not None and champion.fingerprint == fingerprint
     champion_value = champion.metric if comparable and champion is not None else None
@@ -131,17 +131,24 @@ def decide_promotion(
 
     if not math.isfinite(candidate):
         return decision(False, f"candidate has no finite {name}")
-    if baseline is not None and not _beats(candidate, baseline, 0.0):
+    below_baseline = baseline is not None and not _beats(candidate, baseline, 0.0)
+    if below_baseline and config.require_beat_baseline:
         return decision(
             False, f"{name} {candidate:.4f} does not beat {baseline_name} {baseline:.4f}"
         )
+    note = (
+        f" (below {baseline_name} {baseline:.4f}; not required)"
+        if below_baseline and baseline is not None
+        else ""
+    )
     if champion is None:
-        return decision(True, "no champion yet")
+        return decision(True, "no champion yet" + note)
     if not comparable:
         return decision(
-            False,
+            True,
             f"champion v{champion.version} was evaluated on other data "
-            f"(fingerprint {champion.fingerprint[:12] or 'unknown'}); not comparable",
+            f"(fingerprint {champion.fingerprint[:12] or 'unknown'}); the candidate, trained "
+            "on the newer data, replaces it" + note,
         )
     if champion.metric is None or not math.isfinite(champion.metric):
         return decision(False, f"champion v{champion.version} has no recorded {name}")
@@ -154,5 +161,5 @@ def decide_promotion(
     return decision(
         True,
         f"{name} {candidate:.4f} beats champion v{champion.version} {champion.metric:.4f} "
-        f"by more than {config.margin}",
+        f"by more than {config.margin}" + note,
     )

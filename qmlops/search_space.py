@@ -17,7 +17,7 @@ sample)::
       learning_rate: {log_uniform: [0.01, 0.3]}
       shots: {choice: [null, 1024]}
 
-Keys are the :mod:`qmlops.config` field names or the CLI's short names (:data:`AXES`).
+Keys are the settings' names, the same as the command line's options (:data:`AXES`).
 Distributions: ``choice`` (a list), ``uniform`` and ``log_uniform`` (``[low, high]``) and
 ``int_uniform`` (``[low, high]``, both included); a bare list means ``choice``.
 
@@ -47,55 +47,21 @@ import numpy as np
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from qmlops.config import CircuitConfig, DatasetConfig, DeviceConfig, TrainingConfig
+from qmlops.config import (
+    CircuitConfig,
+    DatasetConfig,
+    DeviceConfig,
+    TrainingConfig,
+    describe_validation_error,
+    setting_names,
+)
 from qmlops.errors import ConfigurationError
 from qmlops.sweep_report import SelectionMetric
 
 Scalar = str | int | float | bool | None
 
-AXES: dict[str, tuple[str, str]] = {
-    # dataset
-    "dataset": ("dataset", "name"),
-    "name": ("dataset", "name"),
-    "data": ("dataset", "path"),
-    "path": ("dataset", "path"),
-    "target": ("dataset", "target"),
-    "samples": ("dataset", "n_samples"),
-    "n_samples": ("dataset", "n_samples"),
-    "test_size": ("dataset", "test_size"),
-    "validation_size": ("dataset", "validation_size"),
-    "encoding_scale": ("dataset", "encoding_scale"),
-    # circuit
-    "qubits": ("circuit", "n_qubits"),
-    "n_qubits": ("circuit", "n_qubits"),
-    "feature_map": ("circuit", "feature_map"),
-    "feature_map_reps": ("circuit", "feature_map_reps"),
-    "ansatz": ("circuit", "ansatz"),
-    "reps": ("circuit", "ansatz_reps"),
-    "ansatz_reps": ("circuit", "ansatz_reps"),
-    "entanglement": ("circuit", "entanglement"),
-    # training
-    "optimizer": ("training", "optimizer"),
-    "maxiter": ("training", "maxiter"),
-    "learning_rate": ("training", "learning_rate"),
-    "batch_size": ("training", "batch_size"),
-    "shots": ("training", "shots"),
-    "backend": ("training", "backend"),
-    "seed": ("training", "random_state"),
-    "random_state": ("training", "random_state"),
-    # device
-    "device": ("device", "device"),
-    "device_shots": ("device", "shots"),
-    "train_on": ("device", "train_on"),
-    "optimization_level": ("device", "optimization_level"),
-    "mitigation": ("device", "mitigation"),
-    "max_shots": ("device", "max_shots"),
-    "max_qpu_seconds": ("device", "max_qpu_seconds"),
-    "one_qubit_error": ("device", "one_qubit_error"),
-    "two_qubit_error": ("device", "two_qubit_error"),
-    "readout_error": ("device", "readout_error"),
-}
-"""Space keys to ``(section, field)`` of :mod:`qmlops.config`."""
+AXES: dict[str, tuple[str, str]] = setting_names()
+"""Space keys (one per setting, the command line's option names) to ``(section, field)``."""
 
 PLANNED_AXES = {
     "noise": "vary `device` instead (noise:depolarizing with its error rates, or fake_*)"
@@ -156,7 +122,7 @@ class SweepConfiguration(_Strict):
     device: DeviceConfig = Field(default_factory=DeviceConfig)
 
     @property
-    def data_key(self) -> tuple[str, int]:
+    def data_key(self) -> tuple[str, int | None]:
         """Configurations with equal keys share the prepared data and the baselines."""
         return (self.dataset.model_dump_json(), self.circuit.n_qubits)
 
@@ -165,6 +131,9 @@ def _check_key(key: str, where: str) -> None:
     if key in PLANNED_AXES:
         raise ConfigurationError(f"{where}: {key!r} is not available: {PLANNED_AXES[key]}")
     if key not in AXES:
+        named = [name for name, (_, field) in AXES.items() if field == key]
+        if named:
+            raise ConfigurationError(f"{where}: {key!r} is called {named[0]!r} here")
         raise ConfigurationError(
             f"{where}: unknown setting {key!r}; known: {', '.join(sorted(AXES))}"
         )
@@ -322,7 +291,7 @@ def _build(name: str, settings: dict[str, Scalar], varied: dict[str, Scalar]) ->
     except ValidationError as error:
         described = ", ".join(f"{k}={v!r}" for k, v in varied.items()) or "fixed settings"
         raise ConfigurationError(
-            f"configuration {name} ({described}) is invalid: {error}"
+            f"configuration {name} ({described}) is invalid: {describe_validation_error(error)}"
         ) from None
 
 
@@ -372,10 +341,9 @@ def split_seed(space: SearchSpace) -> int:
     """Seed of the train/test split every configuration shares."""
     if space.split_seed is not None:
         return space.split_seed
-    for key in ("seed", "random_state"):
-        value = space.fixed.get(key)
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
+    value = space.fixed.get("seed")
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
     return DEFAULT_SPLIT_SEED
 
 
@@ -406,7 +374,7 @@ def override_axes(document: dict[str, Any], overrides: dict[str, list[Scalar]]) 
     """Apply command-line values to a space document.
 
     One value fixes a setting, several values make it a grid axis; either replaces what the
-    document said about that setting (under any of its names).
+    document said about that setting.
 
     Args:
         document: A parsed space file (not modified).
@@ -419,11 +387,9 @@ def override_axes(document: dict[str, Any], overrides: dict[str, list[Scalar]]) 
     grid = dict(document.get("grid") or {})
     random = dict(document.get("random") or {})
     for key, values in overrides.items():
-        aliases = {name for name, target in AXES.items() if target == AXES.get(key)} | {key}
-        for alias in aliases:
-            result.pop(alias, None)
-            grid.pop(alias, None)
-            random.pop(alias, None)
+        result.pop(key, None)
+        grid.pop(key, None)
+        random.pop(key, None)
         if len(values) == 1:
             result[key] = values[0]
         else:

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -37,9 +40,32 @@ class PreparedData:
 DATA_ROOT_ENV = "QMLOPS_DATA_ROOT"
 
 
+_CONFINED: ContextVar[bool] = ContextVar("qmlops_data_confined", default=True)
+
+
 def data_root() -> Path:
     """The only folder user data files are read from: ``$QMLOPS_DATA_ROOT``, else the cwd."""
     return Path(os.environ.get(DATA_ROOT_ENV) or Path.cwd())
+
+
+def confined_root() -> Path | None:
+    """The folder data paths must stay in, or None inside :func:`files_anywhere`."""
+    return data_root() if _CONFINED.get() else None
+
+
+@contextmanager
+def files_anywhere() -> Iterator[None]:
+    """Read the data files named in this block wherever this process may read them.
+
+    For the command line, where the files are the user's own. Runs that come through a
+    server (deployments, the UI, the API) never enter it and stay confined to
+    :func:`data_root`.
+    """
+    token = _CONFINED.set(False)
+    try:
+        yield
+    finally:
+        _CONFINED.reset(token)
 
 
 @retrying_task
@@ -49,7 +75,7 @@ def load_dataset(config: DatasetConfig) -> core_data.Dataset:
     Not cached: reading the data is what tells whether they changed (the fingerprint that
     keys every later cached step).
     """
-    return core_data.load_dataset(config, data_root=data_root())
+    return core_data.load_dataset(config, data_root=confined_root())
 
 
 @task(name="preprocess-features", retries=0, cache_policy=NO_CACHE)

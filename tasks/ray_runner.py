@@ -57,27 +57,48 @@ def ray_task_runner(
         ``max_parallel`` CPUs.
 
     Raises:
-        ConfigurationError: Without a Prefect server (ephemeral API): every Ray worker would
-            start its own temporary server and no task run would reach the flow's.
+        ConfigurationError: For a Ray cluster without a Prefect server it can reach (every Ray
+            worker would start its own temporary server and no task run would reach the
+            flow's); a local Ray reports to the flow's temporary server.
     """
     from prefect_ray import RayTaskRunner
 
     if session is not None:
         # Entered with Ray running, RayTaskRunner neither starts nor stops it.
         return RayTaskRunner(address=session.address, init_kwargs=session.init_kwargs)
-    address, init_kwargs, inherited = ray_init_arguments(execution, _server_for_ray(api_url))
+    address, init_kwargs, inherited = ray_init_arguments(
+        execution, _server_for_ray(api_url, execution)
+    )
     if inherited:  # the runner starts Ray itself, in no environment of ours
         init_kwargs = {**init_kwargs, "runtime_env": {"env_vars": inherited}}
     return RayTaskRunner(address=address, init_kwargs=init_kwargs)
 
 
-def _server_for_ray(api_url: str | None) -> str:
-    if not api_url:
-        raise ConfigurationError(
-            "--runner ray needs a Prefect server the Ray workers can reach: set PREFECT_API_URL "
-            "(e.g. `prefect server start`, then PREFECT_API_URL=http://127.0.0.1:4200/api)"
-        )
-    return api_url
+def embedded_api_url() -> str | None:
+    """The API of the temporary server the current flow runs on, if it runs on one.
+
+    Without ``PREFECT_API_URL``, Prefect starts a temporary server on loopback for the flow;
+    processes on this machine (a local Ray's workers) can report to it while the flow runs.
+    """
+    from prefect.context import FlowRunContext
+
+    context = FlowRunContext.get()
+    if context is None or context.client is None:
+        return None
+    return str(context.client.api_url)
+
+
+def _server_for_ray(api_url: str | None, execution: SweepExecution) -> str:
+    if api_url:
+        return api_url
+    embedded = embedded_api_url() if ray_address(execution) is None else None
+    if embedded:
+        return embedded
+    raise ConfigurationError(
+        "--runner ray on a Ray cluster needs a Prefect server its workers can reach: set "
+        "PREFECT_API_URL (e.g. `prefect server start`, then "
+        "PREFECT_API_URL=http://127.0.0.1:4200/api); a local Ray uses the flow's own server"
+    )
 
 
 @contextmanager
@@ -85,12 +106,13 @@ def sweep_ray(execution: SweepExecution, api_url: str | None) -> Iterator[RaySes
     """The sweep's :class:`RaySession`, started here and closed on exit; ``None`` for threads.
 
     Raises:
-        ConfigurationError: For Ray without a Prefect server (see :func:`ray_task_runner`).
+        ConfigurationError: For a Ray cluster without a Prefect server (see
+            :func:`ray_task_runner`).
     """
     if execution.runner != "ray":
         yield None
         return
-    session = RaySession(execution, _server_for_ray(api_url)).start()
+    session = RaySession(execution, _server_for_ray(api_url, execution)).start()
     try:
         yield session
     finally:

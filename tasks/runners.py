@@ -44,7 +44,7 @@ def make_task_runner(
         ``RayTaskRunner`` (:func:`tasks.ray_runner.ray_task_runner`).
 
     Raises:
-        ConfigurationError: For Ray without a Prefect server (ephemeral API).
+        ConfigurationError: For a Ray cluster without a Prefect server its workers can reach.
     """
     if execution.runner == "threads":
         return ThreadPoolTaskRunner(max_workers=execution.max_parallel)

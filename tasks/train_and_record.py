@@ -25,6 +25,7 @@ from qmlops.config import (
     PromotionConfig,
     TrackingConfig,
     TrainingConfig,
+    resolve_model_name,
 )
 from qmlops.data import Dataset
 from qmlops.noisy import DeviceEvaluation
@@ -88,12 +89,20 @@ def train_run_configs(
     promotion: PromotionConfig,
     device: DeviceConfig = DeviceConfig(),  # noqa: B008 - frozen pydantic default
 ) -> dict[str, dict[str, Any]]:
-    """The configuration sections a ``train`` run logs as params (tracking without its URI)."""
+    """The configuration sections a ``train`` run logs as params.
+
+    Tracking without its URI and with the model name resolved from the dataset when empty;
+    pass the circuit after :func:`qmlops.config.resolve_circuit` so the params hold the
+    qubits and depth that ran.
+    """
     return {
         "dataset": dataset.model_dump(),
         "circuit": circuit.model_dump(),
         "training": training.model_dump(),
-        "tracking": tracking.model_dump(exclude={"tracking_uri"}),
+        "tracking": {
+            **tracking.model_dump(exclude={"tracking_uri"}),
+            "model_name": resolve_model_name(tracking.model_name, dataset),
+        },
         "promotion": promotion.model_dump(),
         "device": device.model_dump(),
     }

@@ -37,6 +37,20 @@ def venv_bin(name: str) -> str:
     return str(Path(sys.executable).with_name(name))
 
 
+def run_qmlops(
+    args: list[str], env: Mapping[str, str], cwd: Path, timeout_s: float = 600
+) -> subprocess.CompletedProcess[str]:
+    """Run the ``qmlops`` command line to completion, its output captured as text."""
+    return subprocess.run(
+        [venv_bin("qmlops"), *args],
+        env=dict(env),
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+    )
+
+
 @dataclass(frozen=True)
 class RunningService:
     """A started service: its base URL, the process and the log it writes."""

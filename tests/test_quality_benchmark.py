@@ -11,6 +11,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 import quality  # noqa: E402
 
+from qmlops.config import resolve_circuit  # noqa: E402
 from qmlops.data import Dataset, load_dataset  # noqa: E402
 from qmlops_cli import build_parser, configs_from_args  # noqa: E402
 
@@ -18,8 +19,10 @@ from qmlops_cli import build_parser, configs_from_args  # noqa: E402
 def load_as_the_cli_does(name: str, folder: Path) -> tuple[Dataset, int]:
     quality_set = quality.QUALITY_SETS[name]
     quality_set.write_file(folder)
-    configs = configs_from_args(build_parser().parse_args(["train", *quality_set.cli_args()]))
-    return load_dataset(configs["dataset"], data_root=folder), configs["circuit"].n_qubits
+    configs = configs_from_args(build_parser().parse_args(["train", *quality_set.cli_args(folder)]))
+    dataset = load_dataset(configs["dataset"], data_root=folder)
+    circuit = resolve_circuit(configs["circuit"], dataset.features.shape[1], dataset.n_classes)
+    return dataset, circuit.qubits
 
 
 def test_the_default_run_covers_six_data_sets_of_each_kind() -> None:

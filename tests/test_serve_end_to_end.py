@@ -7,31 +7,20 @@ The stack runs on free loopback ports with its state in a temporary folder. A ru
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Iterator
-from dataclasses import dataclass
-from http import HTTPStatus
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from services import LOOPBACK, free_port
+from serve_stack import Stack, deployment, process_alive, serve_stack, wait_for_run
 
 from qmlops.data import load_builtin
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-PROJECT_DIR = Path(__file__).resolve().parent.parent
-RUN_TIMEOUT_S = 600.0
-API_RETRY_DELAYS_S = (0.5, 1.0, 2.0, 4.0)
-TERMINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
 CUSTOM = {
     "dataset": {"name": "moons", "n_samples": 60},
     "circuit": {"n_qubits": 2, "ansatz_reps": 1},
@@ -41,115 +30,10 @@ CUSTOM = {
 }
 
 
-@dataclass(frozen=True)
-class Stack:
-    env: dict[str, str]
-    state_dir: Path
-    api: str
-    mlflow_uri: str
-
-    def make(self, target: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            ["make", "-C", str(PROJECT_DIR), target],
-            env=self.env,
-            capture_output=True,
-            text=True,
-            timeout=900,
-            check=False,
-        )
-
-    def pids(self) -> dict[str, int]:
-        return {
-            path.stem: int(json.loads(path.read_text())["pid"])
-            for path in self.state_dir.glob("*.pid")
-        }
-
-    def call(self, method: str, path: str, body: Any = None) -> tuple[int, Any]:
-        # 503 is the server's "retry this": on SQLite it answers so when another writer (a
-        # service such as the scheduler) holds the database, having rolled the request back.
-        # Prefect's own client retries it the same way; the raw calls here must too.
-        status, content = self._call_once(method, path, body)
-        for delay in API_RETRY_DELAYS_S:
-            if status != HTTPStatus.SERVICE_UNAVAILABLE:
-                break
-            time.sleep(delay)
-            status, content = self._call_once(method, path, body)
-        return status, content
-
-    def _call_once(self, method: str, path: str, body: Any) -> tuple[int, Any]:
-        request = urllib.request.Request(
-            self.api + path,
-            data=None if body is None else json.dumps(body).encode(),
-            headers={"Content-Type": "application/json"},
-            method=method,
-        )
-        try:
-            with urllib.request.urlopen(request, timeout=30) as response:
-                return response.status, json.loads(response.read() or b"null")
-        except urllib.error.HTTPError as error:
-            return error.code, json.loads(error.read() or b"null")
-
-    def log(self, name: str) -> str:
-        path = self.state_dir / f"{name}.log"
-        return path.read_text(errors="replace")[-6000:] if path.exists() else ""
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except OSError:
-        return False
-    return state != "Z"
-
-
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    root = tmp_path_factory.mktemp("serve")
-    prefect_port, mlflow_port = free_port(), free_port()
-    env = {
-        key: value
-        for key, value in os.environ.items()
-        if not key.startswith(("PREFECT_", "MLFLOW_", "QMLOPS_"))
-    }
-    env.update(
-        {
-            "PREFECT_PORT": str(prefect_port),
-            "MLFLOW_PORT": str(mlflow_port),
-            "QMLOPS_SERVE_DIR": str(root / "state"),
-            "QMLOPS_MLFLOW_STORE": str(root / "mlflow"),
-            # The worker runs flows in the project folder; keep their checkpoints out of it.
-            "QMLOPS_CHECKPOINT_DIR": str(root / "checkpoints"),
-            # score-batch reads its input from the tests' temporary folders.
-            "QMLOPS_DATA_ROOT": str(tmp_path_factory.getbasetemp()),
-            "PREFECT_WORKER_QUERY_SECONDS": "2",
-        }
-    )
-    stack = Stack(
-        env=env,
-        state_dir=root / "state",
-        api=f"http://{LOOPBACK}:{prefect_port}/api",
-        mlflow_uri=f"http://{LOOPBACK}:{mlflow_port}",
-    )
-    try:
-        yield stack
-    finally:
-        stack.make("stop")
-
-
-def _deployment(stack: Stack, flow: str, name: str) -> dict[str, Any]:
-    status, deployment = stack.call("GET", f"/deployments/name/{flow}/{name}")
-    assert status == 200, deployment
-    return deployment
-
-
-def _wait_for_run(stack: Stack, flow_run_id: str) -> dict[str, Any]:
-    deadline = time.monotonic() + RUN_TIMEOUT_S
-    while time.monotonic() < deadline:
-        _, run = stack.call("GET", f"/flow_runs/{flow_run_id}")
-        if run["state"]["type"] in TERMINAL:
-            return run
-        time.sleep(2)
-    pytest.fail(f"flow run {flow_run_id} did not finish:\n{stack.log('worker')}")
+    with serve_stack(tmp_path_factory) as started:
+        yield started
 
 
 def _run_from_ui(stack: Stack, deployment_id: str, parameters: dict[str, Any]) -> tuple[int, Any]:
@@ -175,7 +59,7 @@ def test_serve_deploys_runs_from_the_ui_and_stops(stack: Stack, tmp_path: Path) 
     assert stack.pids() == pids
 
     # Then the nightly deployment has its cron schedule, upcoming runs and a typed form
-    nightly = _deployment(stack, "train", "train-nightly")
+    nightly = deployment(stack, "train", "train-nightly")
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
     assert nightly["enforce_parameter_schema"]
     training = nightly["parameter_openapi_schema"]["definitions"]["TrainingConfig"]["properties"]
@@ -207,7 +91,7 @@ def test_serve_deploys_runs_from_the_ui_and_stops(stack: Stack, tmp_path: Path) 
     # When a run with custom parameters is created as the Run button does
     status, created = _run_from_ui(stack, nightly["id"], CUSTOM)
     assert status == 201, created
-    run = _wait_for_run(stack, created["id"])
+    run = wait_for_run(stack, created["id"])
     assert run["state"]["type"] == "COMPLETED", stack.log("worker")
 
     # Then the MLflow server holds its run, parameters, metrics and registered version
@@ -236,10 +120,10 @@ def test_serve_deploys_runs_from_the_ui_and_stops(stack: Stack, tmp_path: Path) 
         "output_path": str(tmp_path / "scored.csv"),
     }
     status, created = _run_from_ui(
-        stack, _deployment(stack, "score", "score-batch")["id"], {"scoring": scoring}
+        stack, deployment(stack, "score", "score-batch")["id"], {"scoring": scoring}
     )
     assert status == 201, created
-    assert _wait_for_run(stack, created["id"])["state"]["type"] == "COMPLETED", stack.log("worker")
+    assert wait_for_run(stack, created["id"])["state"]["type"] == "COMPLETED", stack.log("worker")
     scored = pd.read_csv(tmp_path / "scored.csv")
     assert len(scored) == 25
     assert {"prediction", "probability_0", "probability_1"} <= set(scored.columns)
@@ -251,5 +135,5 @@ def test_serve_deploys_runs_from_the_ui_and_stops(stack: Stack, tmp_path: Path) 
     # Finally `make stop` stops exactly what serve started
     stopped = stack.make("stop")
     assert stopped.returncode == 0, stopped.stderr
-    assert not any(_alive(pid) for pid in pids.values())
+    assert not any(process_alive(pid) for pid in pids.values())
     assert not list(stack.state_dir.glob("*.pid"))

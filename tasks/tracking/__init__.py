@@ -2,7 +2,8 @@
 
 One module per concern; flows import the public API from here:
 
-- :mod:`~tasks.tracking.store`: where the store is, whether it answers, its one-time set-up.
+- :mod:`~tasks.tracking.store`: where the store is, whether it answers, its one-time set-up
+  (experiments are created marked as model training).
 - :mod:`~tasks.tracking.secrets`: params and tags that look like secrets are never logged.
 - :mod:`~tasks.tracking.owners`: which process owns a run, and whether it still runs.
 - :mod:`~tasks.tracking.runs`: opening, tagging and closing runs.
@@ -24,7 +25,11 @@ from tasks.tracking.models import LoggedModel, log_model, register_best_model
 from tasks.tracking.orphans import close_orphaned_runs, prepare_tracking
 from tasks.tracking.predictions import log_predictions
 from tasks.tracking.records import package_versions
-from tasks.tracking.registered_models import RegisteredModel, load_registered_model
+from tasks.tracking.registered_models import (
+    RegisteredModel,
+    load_registered_model,
+    training_run_params,
+)
 from tasks.tracking.runs import (
     close_run,
     end_tracking_run,
@@ -35,6 +40,8 @@ from tasks.tracking.runs import (
 )
 from tasks.tracking.secrets import without_secrets
 from tasks.tracking.store import (
+    EXPERIMENT_KIND_TAG,
+    MODEL_TRAINING_KIND,
     TrackedRun,
     TrackingUnavailableError,
     default_tracking_uri,
@@ -45,6 +52,8 @@ from tasks.tracking.sweeps import log_sweep_comparison, log_sweep_inputs
 from tasks.tracking.training_log import log_evaluation, log_run_inputs, log_training
 
 __all__ = [
+    "EXPERIMENT_KIND_TAG",
+    "MODEL_TRAINING_KIND",
     "LoggedModel",
     "RegisteredModel",
     "TrackedRun",
@@ -74,5 +83,6 @@ __all__ = [
     "start_tracking_run",
     "tracked_child_run",
     "tracked_run",
+    "training_run_params",
     "without_secrets",
 ]

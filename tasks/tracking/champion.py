@@ -48,7 +48,7 @@ def promote_model(
     fingerprint: str,
     config: PromotionConfig,
 ) -> PromotionDecision:
-    """Gate the ``champion`` alias: move it to the new version only if the version beats it.
+    """Gate the ``champion`` alias: the first version takes it, a later one if it beats it.
 
     The new version is tagged with its held-out metrics and dataset fingerprint (what a later
     gate compares against); the decision and the compared figures become ``promotion.*`` tags

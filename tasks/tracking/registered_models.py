@@ -64,3 +64,10 @@ def load_registered_model(
         input_columns=[str(c) for c in schema.input_names()],
         pyfunc=pyfunc,
     )
+
+
+def training_run_params(tracking_uri: str | None, model_name: str, version: str) -> dict[str, str]:
+    """The parameters of the run that produced a registered model version."""
+    client = MlflowClient(tracking_uri=resolve_tracking_uri(tracking_uri))
+    run_id = client.get_model_version(model_name, version).run_id
+    return {} if not run_id else dict(client.get_run(run_id).data.params)

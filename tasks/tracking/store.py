@@ -21,6 +21,7 @@ from pathlib import Path
 
 import mlflow
 from mlflow import MlflowClient
+from mlflow.entities import Experiment
 
 DEFAULT_STORE_DIR = "mlruns"
 # Bounded client retries, so an unreachable server fails a flow in seconds, not minutes
@@ -132,15 +133,38 @@ def prepare_store(tracking_uri: str, experiment: str) -> str:
         return _experiment_id(tracking_uri, experiment)
 
 
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"
+MODEL_TRAINING_KIND = "custom_model_development"
+
+
+def mark_model_training(client: MlflowClient, experiment: Experiment) -> None:
+    """Tag an experiment as model training unless it has a kind already.
+
+    MLflow 3's UI reads the kind to choose its view: without it, it opens experiments in its
+    GenAI (traces) view, and the runs, charts and registered models hide behind a toggle.
+    """
+    if EXPERIMENT_KIND_TAG not in experiment.tags:
+        client.set_experiment_tag(
+            experiment.experiment_id, EXPERIMENT_KIND_TAG, MODEL_TRAINING_KIND
+        )
+
+
 def _experiment_id(tracking_uri: str, experiment: str) -> str:
     client = MlflowClient(tracking_uri=tracking_uri)
     existing = client.get_experiment_by_name(experiment)
     if existing is not None:
+        mark_model_training(client, existing)
         return str(existing.experiment_id)
     artifact_root = _artifact_root(tracking_uri)
     location = None if artifact_root is None else f"{artifact_root}/{experiment}"
     try:
-        return str(client.create_experiment(experiment, artifact_location=location))
+        return str(
+            client.create_experiment(
+                experiment,
+                artifact_location=location,
+                tags={EXPERIMENT_KIND_TAG: MODEL_TRAINING_KIND},
+            )
+        )
     except mlflow.exceptions.MlflowException:
         # Another process created it first.
         found = client.get_experiment_by_name(experiment)

@@ -283,10 +283,12 @@ def test_shot_based_fit_is_reproducible(binary_data) -> None:
 
 
 def test_default_ansatz_depth_grows_with_width() -> None:
-    from qmlops.config import CircuitConfig
+    from qmlops.config import CircuitConfig, resolve_circuit
 
-    # The config resolves an empty depth at validation, so runs record the number used
-    assert CircuitConfig().ansatz_reps == 2
+    # The config resolves an empty depth once the width is known, so runs record the number
+    assert CircuitConfig(n_qubits=4).ansatz_reps == 2
+    assert CircuitConfig().ansatz_reps is None  # width and depth wait for the data
+    assert resolve_circuit(CircuitConfig(), n_features=4, n_classes=3).ansatz_reps == 2
     assert CircuitConfig(n_qubits=8).ansatz_reps == 3
     assert CircuitConfig(n_qubits=8, ansatz_reps=1).ansatz_reps == 1
     # The estimator applies the same rule in fit, to the width the data asks for

@@ -87,7 +87,8 @@ def test_random_search_is_reproducible_and_within_bounds() -> None:
         ({"random": {"learning_rate": {"log_uniform": [0, 1]}}}, "low > 0"),
         ({"random": {"reps": {"int_uniform": [1.5, 3]}}}, "as integers"),
         ({"random": {"reps": {"gaussian": [1, 3]}}}, "random.reps"),
-        ({"reps": 1, "grid": {"ansatz_reps": [1, 2]}}, "given twice"),
+        ({"reps": 1, "grid": {"reps": [1, 2]}}, "given twice"),
+        ({"grid": {"ansatz_reps": [1, 2]}}, "'ansatz_reps' is called 'reps' here"),
         ({"maxiter": 5, "grid": {"maxiter": [1, 2]}}, "given twice"),
     ],
 )
@@ -104,12 +105,12 @@ def test_a_missing_space_file_is_a_configuration_error(tmp_path: Path) -> None:
 def test_command_line_axes_override_the_file() -> None:
     document = {"dataset": "moons", "reps": 2, "grid": {"ansatz": ["real_amplitudes"]}}
 
-    overridden = override_axes(document, {"ansatz_reps": [1, 3], "ansatz": ["efficient_su2"]})
+    overridden = override_axes(document, {"reps": [1, 3], "ansatz": ["efficient_su2"]})
 
     assert overridden == {
         "dataset": "moons",
         "ansatz": "efficient_su2",
-        "grid": {"ansatz_reps": [1, 3]},
+        "grid": {"reps": [1, 3]},
     }
 
 

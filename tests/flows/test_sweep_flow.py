@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
-from services import RunningService, free_port, prefect_server_env, ray_head
+from services import RunningService, free_port, prefect_server_env, ray_head, run_qmlops
 from threadpoolctl import threadpool_info
 
 from flows.sweep import sweep
@@ -211,34 +211,22 @@ def test_thread_sweep_publishes_a_prefect_table(thread_sweep: dict) -> None:
 @pytest.mark.slow
 @pytest.mark.integration
 def test_ray_sweep_matches_the_thread_sweep(
-    thread_sweep: dict, space_file: Path, prefect_server: RunningService, tmp_path: Path
+    thread_sweep: dict, space_file: Path, tmp_path: Path
 ) -> None:
-    # Given the same space, run through the CLI on a local Ray the flow starts and stops
-    port = int(prefect_server.url.rsplit(":", 1)[1].split("/")[0])
+    # Given the same space, run through the CLI on a local Ray the flow starts and stops, with
+    # no Prefect server: the Ray workers report to the flow's own temporary server
     env = {
-        **os.environ,
-        **prefect_server_env(tmp_path / "prefect-client", port),
+        **{key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"},
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
         "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
     }
     env.pop("RAY_ADDRESS", None)
-    completed = subprocess.run(
-        [
-            str(Path(sys.executable).with_name("qmlops")),
-            "sweep",
-            "--space",
-            str(space_file),
-            "--runner",
-            "ray",
-            "--max-parallel",
-            "2",
-            "--experiment",
-            "sweep-test",
-        ],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=900,
+    completed = run_qmlops(
+        ["sweep", "--space", str(space_file), "--runner", "ray", "--max-parallel", "2"]
+        + ["--experiment", "sweep-test"],
+        env,
+        tmp_path,
+        timeout_s=900,
     )
     output = completed.stdout + completed.stderr
     assert completed.returncode == 0, output[-6000:]
@@ -464,14 +452,41 @@ def test_sweep_weekly_deployment_parameters_validate_against_the_flow() -> None:
     assert validated["execution"].runner == "threads"
 
 
-def test_ray_without_a_prefect_server_is_refused_before_anything_runs() -> None:
+def test_a_ray_cluster_without_a_prefect_server_is_refused_before_anything_runs(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     from qmlops.errors import ConfigurationError
     from tasks.runners import make_task_runner
 
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cluster = SweepExecution(runner="ray", ray_address="ray://head:10001")
+    with pytest.raises(ConfigurationError, match="needs a Prefect server its workers can reach"):
+        make_task_runner(cluster, None)
+    # Outside a flow run there is no temporary server for a local Ray either
     with pytest.raises(ConfigurationError, match="needs a Prefect server"):
         make_task_runner(SweepExecution(runner="ray"), None)
     runner = make_task_runner(SweepExecution(runner="threads", max_parallel=3), None)
     assert runner._max_workers == 3
+
+
+@pytest.mark.usefixtures("prefect_harness")
+def test_a_local_ray_reports_to_the_flow_s_own_server(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect import flow
+    from prefect.context import FlowRunContext
+
+    from tasks.runners import make_task_runner
+
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+
+    @flow
+    def plan_runner() -> tuple[str, dict]:
+        context = FlowRunContext.get()
+        assert context is not None
+        runner = make_task_runner(SweepExecution(runner="ray"), None)
+        return str(context.client.api_url), runner.init_kwargs["runtime_env"]["env_vars"]
+
+    served_by, worker_env = plan_runner()
+    assert worker_env["PREFECT_API_URL"] == served_by
 
 
 def test_ray_runner_joins_a_given_cluster_or_starts_its_own(

@@ -178,7 +178,7 @@ def test_cli_rejects_out_of_range_options(capsys: pytest.CaptureFixture[str]) ->
     from qmlops_cli import main
 
     assert main(["train", "--qubits", "0"]) == 2
-    assert "n_qubits" in capsys.readouterr().err
+    assert "--qubits: Input should be greater than or equal to 1" in capsys.readouterr().err
     assert main(["train", "--maxiter", "0"]) == 2
 
 
@@ -189,8 +189,8 @@ def test_cli_reports_a_missing_file(mlflow_uri: str, capsys: pytest.CaptureFixtu
     assert "data file not found" in capsys.readouterr().err
 
 
-# The bar: test accuracy >= 0.90 for both with default settings (the CLI's defaults:
-# 4 qubits for iris, 8 for breast_cancer; the ansatz depth follows the width).
+# The bar: test accuracy >= 0.90 for both with default settings (qubits from the data:
+# 4 for iris, 8 for breast_cancer; the ansatz depth follows the width).
 @pytest.mark.slow
 @pytest.mark.parametrize(
     ("dataset", "n_qubits", "floor"), [("iris", 4, 0.90), ("breast_cancer", 8, 0.90)]
@@ -199,8 +199,8 @@ def test_default_settings_reach_the_quality_bar(
     mlflow_uri: str, dataset: str, n_qubits: int, floor: float
 ) -> None:
     result = train(
-        dataset=DatasetConfig(name=dataset),
-        circuit=CircuitConfig(n_qubits=n_qubits),
-        tracking=TrackingConfig(register_model=False),
+        dataset=DatasetConfig(name=dataset), tracking=TrackingConfig(register_model=False)
     )
     assert result["metrics"]["quantum"]["accuracy"] >= floor
+    params = MlflowClient(mlflow_uri).get_run(result["run_id"]).data.params
+    assert params["circuit.n_qubits"] == str(n_qubits)
