@@ -7,6 +7,7 @@ command's behaviour, not how the parser is built.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -42,7 +43,12 @@ def test_train_defaults_are_the_flow_parameters_defaults() -> None:
 
 TRAIN_OPTIONS: list[tuple[list[str], str, BaseModel]] = [
     (["--dataset", "wine"], "dataset", DatasetConfig(name="wine")),
-    (["--data", "d.csv", "--target", "y"], "dataset", DatasetConfig(path="d.csv", target="y")),
+    # A file named on the command line is the user's: read where it is, as an absolute path.
+    (
+        ["--data", "d.csv", "--target", "y"],
+        "dataset",
+        DatasetConfig(path=str(Path("d.csv").absolute()), target="y"),
+    ),
     (["--test-size", "0.3"], "dataset", DatasetConfig(test_size=0.3)),
     (["--validation-size", "0.1"], "dataset", DatasetConfig(validation_size=0.1)),
     (["--samples", "80"], "dataset", DatasetConfig(n_samples=80)),
@@ -90,18 +96,18 @@ def test_each_train_option_sets_its_field_and_nothing_else(
 @pytest.mark.parametrize(
     ("options", "n_qubits"),
     [
-        (["--dataset", "moons"], 2),
-        (["--dataset", "circles"], 2),
-        (["--dataset", "ad_hoc"], 2),
-        (["--dataset", "breast_cancer"], 8),
-        (["--dataset", "breast_cancer", "--data", "d.csv", "--target", "y"], 4),
+        (["--dataset", "moons"], None),
+        (["--dataset", "breast_cancer", "--data", "d.csv", "--target", "y"], None),
         (["--dataset", "moons", "--qubits", "3"], 3),
     ],
 )
-def test_the_default_width_follows_the_dataset(options: list[str], n_qubits: int) -> None:
+def test_the_width_is_left_to_the_data_unless_given(
+    options: list[str], n_qubits: int | None
+) -> None:
+    # The flow resolves an empty width from the loaded data (qmlops.config.resolve_circuit), so
+    # the command line, the UI form and deployments mean the same run.
     circuit = flow_parameters(["train", *options])["circuit"]
     assert circuit.n_qubits == n_qubits
-    assert circuit.ansatz_reps == (2 if n_qubits <= 4 else 3)
 
 
 @pytest.mark.parametrize(
@@ -129,7 +135,7 @@ def test_unknown_choices_and_non_numbers_are_usage_errors(
 
 def test_score_options_map_to_the_scoring_parameters() -> None:
     assert flow_parameters(["score", "--input", "a.csv"]) == {
-        "scoring": ScoringConfig(input_path="a.csv")
+        "scoring": ScoringConfig(input_path=str(Path("a.csv").absolute()))
     }
     params = flow_parameters(
         [
@@ -149,7 +155,7 @@ def test_score_options_map_to_the_scoring_parameters() -> None:
         ]
     )
     assert params["scoring"] == ScoringConfig(
-        input_path="b.parquet",
+        input_path=str(Path("b.parquet").absolute()),
         model_name="m1",
         model_version=3,
         output_path="out.csv",
@@ -234,3 +240,13 @@ def test_main_passes_the_parameters_and_force_to_the_train_flow(
     assert forced.pop("force") is True
     assert plain.pop("force") is False
     assert forced == plain == flow_parameters(argv)
+
+
+def test_shots_given_with_a_device_are_the_device_s() -> None:
+    params = flow_parameters(["train", "--device", "fake_manila", "--shots", "1024"])
+    assert (params["device"].device, params["device"].shots) == ("fake_manila", 1024)
+    assert params["training"].shots is None  # training stays exact
+    exact = flow_parameters(["train", "--shots", "1024"])
+    assert (exact["training"].shots, exact["device"].shots) == (1024, None)
+    both = flow_parameters(["train", "--device", "fake_manila", "--device-shots", "64"])
+    assert both["device"].shots == 64
