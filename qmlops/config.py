@@ -182,7 +182,9 @@ class TrainingConfig(_Config):
     """Optimizer and simulator settings."""
 
     optimizer: Literal["adam", "spsa", "cobyla"] = Field(
-        "adam", description="adam uses exact parameter-shift gradients."
+        "adam",
+        description="adam uses exact gradients (adjoint on the numpy engine, parameter shift "
+        "with shots or Aer).",
     )
     maxiter: int = Field(
         100, ge=1, le=MAX_ITERATIONS, description="Optimizer iterations (COBYLA: evaluations)."
@@ -291,7 +293,11 @@ class DeviceConfig(_Config):
         "them), noise:depolarizing, or ibm:<backend> (needs $QISKIT_IBM_TOKEN).",
     )
     shots: int | None = Field(
-        None, ge=1, le=1_000_000, description="Shots per circuit on the device (required there)."
+        None,
+        ge=1,
+        le=1_000_000,
+        description="Shots per circuit on the device (required there; on the command "
+        "line, --shots with --device sets them).",
     )
     train_on: Literal["ideal", "device"] = Field(
         "ideal", description="Train on the exact path, or under the device's noise with shots."

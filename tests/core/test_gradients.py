@@ -1,4 +1,4 @@
-"""Adam's parameter-shift gradient, taken from a real fit, equals a finite-difference gradient.
+"""Adam's gradient (adjoint and parameter shift), taken from a real fit, equals finite differences.
 
 The gradient is read back from the training itself: after one Adam step the checkpoint holds
 the first moment ``(1 - beta1) * g`` and the second ``(1 - beta2) * g**2`` (moments start at
@@ -39,20 +39,27 @@ def _finite_difference_gradient(
     return (losses[:n_weights] - losses[n_weights:]) / (2 * step)
 
 
+@pytest.mark.parametrize("gradient", ["adjoint", "parameter_shift"])
 @pytest.mark.parametrize("ansatz", ["real_amplitudes", "efficient_su2"])
 def test_adam_gradient_of_a_real_fit_equals_finite_differences(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ansatz: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ansatz: str, gradient: str
 ) -> None:
     # Given three classes on two qubits and a mini-batch smaller than the data
     X, y = blobs(30, 2, 3)
     requests: list[tuple] = []
     original = CircuitEvaluator.class_probabilities
+    original_adjoint = CircuitEvaluator.loss_gradient
 
     def recording(self: CircuitEvaluator, batch):  # type: ignore[no-untyped-def]
         requests.extend(batch)
         return original(self, batch)
 
+    def recording_adjoint(self, features, weights, cotangent, rows=None, requests_=()):  # type: ignore[no-untyped-def]
+        requests.append((features, weights[None, :], rows))
+        return original_adjoint(self, features, weights, cotangent, rows, requests_)
+
     monkeypatch.setattr(CircuitEvaluator, "class_probabilities", recording)
+    monkeypatch.setattr(CircuitEvaluator, "loss_gradient", recording_adjoint)
     store = CheckpointStore(tmp_path, "gradient", every=1)
 
     # When one Adam step runs through the classifier
@@ -63,8 +70,10 @@ def test_adam_gradient_of_a_real_fit_equals_finite_differences(
         maxiter=1,
         batch_size=BATCH,
         backend="numpy",
+        gradient=gradient,
         random_state=5,
     ).fit(X, y, checkpoint=store)
+    assert clf.gradient_ == gradient
 
     # Then the gradient it used equals the finite-difference gradient on that mini-batch
     features, points, rows = requests[0]
