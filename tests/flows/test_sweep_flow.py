@@ -192,16 +192,27 @@ def test_thread_sweep_records_parent_children_and_comparison(thread_sweep: dict)
 
 def test_thread_sweep_publishes_a_prefect_table(thread_sweep: dict) -> None:
     from prefect.client.orchestration import get_client
-    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+    from prefect.client.schemas.filters import (
+        ArtifactFilter,
+        ArtifactFilterFlowRunId,
+        ArtifactFilterKey,
+    )
 
-    async def latest() -> Any:
+    # Other sweeps in this session publish under the same key: read this sweep's own table,
+    # by the Prefect flow run its parent MLflow run is tagged with.
+    parent = MlflowClient(thread_sweep["tracking_uri"]).get_run(thread_sweep["run_id"])
+    flow_run_id = parent.data.tags["prefect.flow_run_id"]
+
+    async def published() -> list[Any]:
         async with get_client() as client:
-            found = await client.read_artifacts(
-                artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=["sweep-comparison"]))
+            return await client.read_artifacts(
+                artifact_filter=ArtifactFilter(
+                    key=ArtifactFilterKey(any_=["sweep-comparison"]),
+                    flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]),
+                )
             )
-        return found[-1]
 
-    artifact = asyncio.run(latest())
+    [artifact] = asyncio.run(published())
     assert artifact.type == "table"
     table = json.loads(artifact.data) if isinstance(artifact.data, str) else artifact.data
     assert {row["configuration"] for row in table} == {"c000", "c001", "c002", "c003"}
