@@ -4,7 +4,8 @@ This package imports neither Prefect nor MLflow, so everything here can be used 
 on its own; orchestration lives in ``tasks/`` and ``flows/``.
 """
 
-from qmlops.classifier import QuantumClassifier
+from typing import TYPE_CHECKING, Any
+
 from qmlops.errors import (
     ConfigurationError,
     DatasetError,
@@ -28,3 +29,16 @@ __all__ = [
     "SizeLimitError",
 ]
 __version__ = "0.1.0"
+
+if TYPE_CHECKING:
+    from qmlops.classifier import QuantumClassifier
+
+
+def __getattr__(name: str) -> Any:
+    # The classifier pulls in scikit-learn and Qiskit; importing it on first use keeps
+    # `qmlops --help`, `qmlops devices` and the configuration models quick to load.
+    if name == "QuantumClassifier":
+        from qmlops.classifier import QuantumClassifier
+
+        return QuantumClassifier
+    raise AttributeError(f"module 'qmlops' has no attribute {name!r}")
