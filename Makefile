@@ -24,23 +24,28 @@ $(STAMP): pyproject.toml constraints.txt
 demo: install
 	$(BIN)/qmlops train --dataset iris
 
+# Tests run on TEST_WORKERS processes (pytest-xdist); most of a slow test is waiting on a
+# server or a subprocess, so more workers than the 2 cores of CI still shorten the run.
+TEST_WORKERS ?= 3
 test: install
-	$(BIN)/python -m pytest
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup
 
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
 
-# Both benchmarks (about 60 min on 2 cores: VQC trainings 14 min, sweeps 34-43 min); write benchmarks/RESULTS.md.
+# The speed benchmarks (gradients against PennyLane, training against qiskit-machine-learning, ideal and
+# under device noise, sweep scaling); write benchmarks/RESULTS.md.
 bench: install
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[bench]" && $(BIN)/python benchmarks/gradient_speed.py
 	$(BIN)/python benchmarks/train_speed.py
+	$(BIN)/python benchmarks/device_speed.py
 	$(BIN)/python benchmarks/sweep_scaling.py
 
-# Sweep scaling: sequential vs threads vs local Ray, 8 configurations, three workloads, host probe (34-43 min).
+# Sweep scaling: sequential vs threads vs local Ray, 8 configurations, three workloads, host probe.
 bench-sweep: install
 	$(BIN)/python benchmarks/sweep_scaling.py
 
-# Model quality: quantum model (defaults) vs baselines, 9 data sets x 5 seeds (19 min on 2 busy cores).
+# Model quality: quantum model (defaults) vs baselines, 9 data sets x 5 seeds.
 bench-quality: install
 	$(BIN)/python benchmarks/quality.py
 

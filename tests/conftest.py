@@ -10,10 +10,29 @@ from typing import Any
 
 import pytest
 import services
+from serve_stack import Stack, serve_stack
 from services import RunningService
 
 os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+# Order in which `make test` hands tests to its workers (pytest-xdist): the longest first, so
+# no worker starts a long test when the others are about to finish.
+_START_FIRST = ("browser", "slow", "integration")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Start the long tests first; tests sharing the `make serve` stack run on one worker."""
+
+    def rank(item: pytest.Item) -> int:
+        marks = {mark.name for mark in item.iter_markers()}
+        return next((i for i, name in enumerate(_START_FIRST) if name in marks), len(_START_FIRST))
+
+    items.sort(key=rank)  # stable: collection order within a rank
+    for item in items:
+        if "served_stack" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.xdist_group("serve-stack"))
 
 
 @pytest.fixture(scope="session")
@@ -59,6 +78,17 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RunningS
     """A real MLflow tracking server (SQLite + served artifacts) on a free loopback port."""
     with services.mlflow_server(tmp_path_factory.mktemp("mlflow-server")) as server:
         yield server
+
+
+@pytest.fixture(scope="session")
+def served_stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """One `make serve` stack (Prefect server, MLflow server, worker, deployments) per session.
+
+    Its settings only: each test runs `make serve` itself (a no-op once it runs), so a test
+    that ends with `make stop` leaves a stack the next one can start again. Stopped at the end.
+    """
+    with serve_stack(tmp_path_factory) as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -2,7 +2,8 @@
 
 A newcomer's path: the deployments page lists the deployments with the nightly schedule; a
 custom run of ``train-nightly`` with only the dataset changed completes; an out-of-range
-value is refused before a run exists; ``score-batch``'s Quick run completes; the MLflow UI
+value is refused before a run exists; the Quick runs of ``train-nightly``, ``score-batch`` and
+``sweep-weekly`` complete (the sweep's whole grid in MLflow); the MLflow UI
 shows the run's metric chart, its plots, the registered model and its champion alias.
 Screenshots go to ``test-artifacts/browser`` (gitignored).
 
@@ -22,7 +23,7 @@ from typing import Any
 
 import pytest
 from mlflow import MlflowClient
-from serve_stack import PROJECT_DIR, Stack, deployment, serve_stack, wait_for_run
+from serve_stack import PROJECT_DIR, Stack, deployment, wait_for_run
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.browser]
 
@@ -60,12 +61,11 @@ def browser() -> Iterator[Any]:
             launched.close()
 
 
-@pytest.fixture(scope="module")
-def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with serve_stack(tmp_path_factory) as stack:
-        started = stack.make("serve")
-        assert started.returncode == 0, started.stdout[-4000:] + started.stderr[-4000:]
-        yield stack
+@pytest.fixture
+def served(served_stack: Stack) -> Stack:
+    started = served_stack.make("serve")
+    assert started.returncode == 0, started.stdout[-4000:] + started.stderr[-4000:]
+    return served_stack
 
 
 def _shot(page: Any, name: str) -> None:
@@ -174,8 +174,14 @@ def test_a_newcomer_runs_every_deployment_from_the_uis(browser: Any, served: Sta
     page.get_by_text("Completed").first.wait_for()
     _shot(page, "04-custom-run-completed")
 
-    # The nightly Quick run leaves an iris champion, then score-batch's Quick run scores
-    for flow, name in (("train", "train-nightly"), ("score", "score-batch")):
+    # The nightly Quick run leaves an iris champion, then score-batch's Quick run scores;
+    # sweep-weekly's Quick run trains its whole grid
+    quick_runs = {}
+    for flow, name in (
+        ("train", "train-nightly"),
+        ("score", "score-batch"),
+        ("sweep", "sweep-weekly"),
+    ):
         target = deployment(stack, flow, name)
         known = {run["id"] for run in _flow_runs(stack, target["id"])}
         page.goto(f"{ui}/deployments/deployment/{target['id']}", wait_until="networkidle")
@@ -185,9 +191,21 @@ def test_a_newcomer_runs_every_deployment_from_the_uis(browser: Any, served: Sta
         page.goto(f"{ui}/runs/flow-run/{run['id']}", wait_until="networkidle")
         page.get_by_text("Completed").first.wait_for()
         _shot(page, f"05-{name}-quick-run")
+        quick_runs[name] = run["id"]
 
     # The MLflow UI shows the run in its experiment, its metric chart, plots and the model
     client = MlflowClient(stack.mlflow_uri)
+    sweeps = client.get_experiment_by_name("qmlops-sweeps-weekly")
+    assert sweeps is not None
+    [sweep_parent] = client.search_runs(
+        [sweeps.experiment_id], f"tags.`prefect.flow_run_id` = '{quick_runs['sweep-weekly']}'"
+    )
+    children = client.search_runs(
+        [sweeps.experiment_id], f"tags.`mlflow.parentRunId` = '{sweep_parent.info.run_id}'"
+    )
+    assert len(children) == 8  # the grid: 2 ansätze x 2 depths x 2 seeds
+    assert all(child.info.status == "FINISHED" for child in children)
+    assert sweep_parent.data.tags["sweep.best_configuration"]
     experiment = client.get_experiment_by_name("qmlops-nightly")
     assert experiment is not None
     [tracked] = client.search_runs(

@@ -8,14 +8,13 @@ The stack runs on free loopback ports with its state in a temporary folder. A ru
 from __future__ import annotations
 
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
 import pytest
 from mlflow import MlflowClient
-from serve_stack import Stack, deployment, process_alive, serve_stack, wait_for_run
+from serve_stack import Stack, deployment, process_alive, wait_for_run
 
 from qmlops.data import load_builtin
 
@@ -30,10 +29,9 @@ CUSTOM = {
 }
 
 
-@pytest.fixture(scope="module")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    with serve_stack(tmp_path_factory) as started:
-        yield started
+@pytest.fixture
+def stack(served_stack: Stack) -> Stack:
+    return served_stack
 
 
 def _run_from_ui(stack: Stack, deployment_id: str, parameters: dict[str, Any]) -> tuple[int, Any]:
@@ -46,7 +44,8 @@ def _run_from_ui(stack: Stack, deployment_id: str, parameters: dict[str, Any]) -
 
 
 def test_serve_deploys_runs_from_the_ui_and_stops(stack: Stack, tmp_path: Path) -> None:
-    # Given `make serve`, run twice: the second run starts nothing new
+    # Given `make serve` (the session's stack; another test may have started it), run twice:
+    # the second run starts nothing new
     first = stack.make("serve")
     assert first.returncode == 0, first.stdout[-4000:] + first.stderr[-4000:]
     assert f"Prefect UI   {stack.api.removesuffix('/api')}" in first.stdout
@@ -119,17 +118,21 @@ def test_serve_deploys_runs_from_the_ui_and_stops(stack: Stack, tmp_path: Path) 
         "model_name": "e2e-moons",
         "output_path": str(tmp_path / "scored.csv"),
     }
-    status, created = _run_from_ui(
+    status, scoring_run = _run_from_ui(
         stack, deployment(stack, "score", "score-batch")["id"], {"scoring": scoring}
     )
-    assert status == 201, created
-    assert wait_for_run(stack, created["id"])["state"]["type"] == "COMPLETED", stack.log("worker")
+    assert status == 201, scoring_run
+    finished = wait_for_run(stack, scoring_run["id"])
+    assert finished["state"]["type"] == "COMPLETED", stack.log("worker")
     scored = pd.read_csv(tmp_path / "scored.csv")
     assert len(scored) == 25
     assert {"prediction", "probability_0", "probability_1"} <= set(scored.columns)
     scoring_experiment = client.get_experiment_by_name("qmlops-scoring")
     assert scoring_experiment is not None
-    [score_run] = client.search_runs([scoring_experiment.experiment_id])
+    [score_run] = client.search_runs(
+        [scoring_experiment.experiment_id],
+        f"tags.`prefect.flow_run_id` = '{scoring_run['id']}'",
+    )
     assert score_run.data.params["model_version"] == version.version
 
     # Finally `make stop` stops exactly what serve started
