@@ -36,6 +36,7 @@ from qiskit.circuit.library import (
     zz_feature_map,
 )
 
+from qmlops.config import MAX_REUPLOADS
 from qmlops.errors import ConfigurationError, SizeLimitError
 
 FeatureMapName = Literal["zz", "z", "pauli"]
@@ -50,7 +51,6 @@ FEATURE_PREFIX = "x"
 WEIGHT_PREFIX = "θ"
 COMPLEX_BYTES = 16
 MAX_QUBITS = 30
-MAX_REUPLOADS = 10
 
 
 def _check_choice(name: str, value: str, choices: tuple[str, ...]) -> None:
