@@ -98,8 +98,7 @@ class TranspiledCircuit:
 
 
 def measured_circuit(spec: CircuitSpec) -> Any:
-    """The classifier circuit (every upload of the feature map and ansatz block) and a final
-    measurement of every qubit."""
+    """The whole classifier circuit (every upload) and a final measurement of every qubit."""
     circuit = spec.circuit()
     circuit.measure_all()
     return circuit
