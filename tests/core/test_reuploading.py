@@ -19,8 +19,9 @@ from test_gradient import finite_difference_gradient, parameter_shift_gradient
 import qmlops.simulation as simulation
 from qmlops import QuantumClassifier
 from qmlops.circuits import ANSATZE, CircuitSpec
+from qmlops.devices import NoiseParameters, resolve_device
 from qmlops.errors import ConfigurationError
-from qmlops.noisy import measured_circuit
+from qmlops.noisy import DeviceEvaluator, measured_circuit
 from qmlops.simulation import CircuitEvaluator, UnsupportedCircuitError, planned_backend
 from qmlops.training import cross_entropy_cotangent
 
@@ -259,3 +260,14 @@ def test_device_circuit_holds_every_upload() -> None:
     assert measured.decompose().count_ops().get("p", 0) == 3 * plain.decompose().count_ops().get(
         "p", 0
     )
+
+
+def test_device_evaluator_runs_the_reuploaded_circuit() -> None:
+    X, y = blobs(12, 2, 2)
+    model = QuantumClassifier(
+        feature_map="zz", ansatz_reps=1, reuploads=2, maxiter=3, random_state=0
+    ).fit(X, y)
+    quiet = resolve_device("noise:depolarizing", NoiseParameters(0.0, 0.0, 0.0))
+    evaluator = DeviceEvaluator(model.spec_, quiet, shots=4000, seed=1)
+    sampled = evaluator.class_probabilities([(X, model.weights_[None, :])])[0][0]
+    assert np.abs(sampled - model.predict_proba(X)).max() < 0.05  # shot noise only
