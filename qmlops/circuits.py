@@ -4,6 +4,14 @@ Circuits are built with Qiskit 2's function-style circuit library. A :class:`Cir
 the plain, JSON-serialisable description of a classifier's circuit; every circuit object is
 rebuilt from it, so models are stored as a description plus weights, never as pickles.
 
+Data re-uploading (``reuploads = R``, Pérez-Salinas et al. 2020, "Data re-uploading for a
+universal quantum classifier"; Schuld, Sweke and Meyer 2021): the circuit is ``R`` blocks of
+[feature map, ansatz], each ansatz block with its own weights, so the data enter ``R`` times and
+the model's Fourier spectrum in each feature widens with ``R``. Block ``r`` holds the weights
+``θ[r*P .. (r+1)*P - 1]`` where ``P`` is the weight count of one ansatz (``ansatz_reps``
+repetitions); the model has ``R*P`` weights. ``R = 1`` is the plain circuit (feature map, then
+ansatz). Deeper re-uploaded circuits usually want fewer ``ansatz_reps`` per block.
+
 Readout: a measured bitstring ``b`` votes for class ``popcount(b) mod n_classes``. For two
 classes this is the parity of all qubits (a global, balanced observable); for ``K`` classes the
 Hamming weights ``0..n`` are dealt round-robin over the classes, which needs
@@ -19,6 +27,7 @@ from typing import Any, Literal, get_args
 
 import numpy as np
 from qiskit import QuantumCircuit
+from qiskit.circuit import ParameterVector
 from qiskit.circuit.library import (
     efficient_su2,
     pauli_feature_map,
@@ -27,6 +36,7 @@ from qiskit.circuit.library import (
     zz_feature_map,
 )
 
+from qmlops.config import MAX_REUPLOADS
 from qmlops.errors import ConfigurationError, SizeLimitError
 
 FeatureMapName = Literal["zz", "z", "pauli"]
@@ -60,7 +70,7 @@ def check_integer(name: str, value: object, low: int, high: int) -> None:
 
 @dataclass(frozen=True)
 class CircuitSpec:
-    """Plain description of a classifier circuit (feature map followed by an ansatz).
+    """Plain description of a classifier circuit (feature map followed by an ansatz, repeated).
 
     Attributes:
         n_qubits: Number of qubits; equals the number of input features.
@@ -72,6 +82,8 @@ class CircuitSpec:
         ansatz_reps: Repetitions of the ansatz.
         entanglement: Entangling pattern used by the feature map and the ansatz.
         paulis: Comma-separated Pauli strings of the ``"pauli"`` feature map.
+        reuploads: Blocks of [feature map, ansatz], each ansatz with its own weights (data
+            re-uploading, see the module docstring); ``1``: feature map, then ansatz.
     """
 
     n_qubits: int
@@ -82,6 +94,7 @@ class CircuitSpec:
     ansatz_reps: int = 3
     entanglement: str = "reverse_linear"
     paulis: str = "Y,ZZ"
+    reuploads: int = 1
 
     def __post_init__(self) -> None:
         check_integer("n_qubits", self.n_qubits, 1, MAX_QUBITS)
@@ -91,6 +104,7 @@ class CircuitSpec:
         _check_choice("entanglement", self.entanglement, ENTANGLEMENTS)
         check_integer("feature_map_reps", self.feature_map_reps, 1, 20)
         check_integer("ansatz_reps", self.ansatz_reps, 1, 50)
+        check_integer("reuploads", self.reuploads, 1, MAX_REUPLOADS)
         if self.n_classes > self.n_qubits + 1:
             raise ConfigurationError(
                 f"{self.n_classes} classes need at least {self.n_classes - 1} qubits with the "
@@ -115,6 +129,8 @@ class CircuitSpec:
     def from_dict(cls, data: dict[str, Any]) -> CircuitSpec:
         """Rebuild a description from :meth:`to_dict` output.
 
+        Descriptions saved before an option existed load with its default (``reuploads=1``).
+
         Raises:
             ConfigurationError: If a field is missing, unknown or invalid.
         """
@@ -136,7 +152,11 @@ class CircuitSpec:
         )
 
     def ansatz_circuit(self) -> QuantumCircuit:
-        """Build the trainable circuit, parameterised by ``θ[0..n_weights-1]``."""
+        """Build one trainable block, parameterised by ``θ[0..n_block_weights-1]``.
+
+        With ``reuploads=1`` this is the whole trainable circuit; see :meth:`circuit` for the
+        re-uploaded one.
+        """
         builder = real_amplitudes if self.ansatz == "real_amplitudes" else efficient_su2
         return builder(
             self.n_qubits,
@@ -146,13 +166,35 @@ class CircuitSpec:
         )
 
     def circuit(self) -> QuantumCircuit:
-        """Build the whole classifier circuit (feature map, then ansatz), without measurements."""
-        return self.feature_map_circuit().compose(self.ansatz_circuit())
+        """Build the whole classifier circuit, without measurements.
+
+        ``reuploads`` blocks of [feature map, ansatz]; every block shares the feature
+        parameters ``x[..]`` and block ``r`` holds ``θ[r*P .. (r+1)*P - 1]``.
+        """
+        feature_map, ansatz = self.feature_map_circuit(), self.ansatz_circuit()
+        if self.reuploads == 1:
+            return feature_map.compose(ansatz)
+        weights = ParameterVector(WEIGHT_PREFIX, self.n_weights)
+        block_weights = list(ansatz.parameters)
+        size = len(block_weights)
+        circuit = QuantumCircuit(self.n_qubits)
+        for upload in range(self.reuploads):
+            circuit.compose(feature_map, inplace=True)
+            renamed = dict(
+                zip(block_weights, weights[upload * size : (upload + 1) * size], strict=True)
+            )
+            circuit.compose(ansatz.assign_parameters(renamed), inplace=True)
+        return circuit
+
+    @property
+    def n_block_weights(self) -> int:
+        """Trainable parameters of one ansatz block."""
+        return int(self.ansatz_circuit().num_parameters)
 
     @property
     def n_weights(self) -> int:
-        """Number of trainable parameters."""
-        return int(self.ansatz_circuit().num_parameters)
+        """Number of trainable parameters (``reuploads`` blocks)."""
+        return self.reuploads * self.n_block_weights
 
     def class_of_outcome(self) -> np.ndarray:
         """Class index voted for by each computational basis state (length ``2**n_qubits``)."""

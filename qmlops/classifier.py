@@ -13,6 +13,7 @@ from sklearn.utils.validation import check_is_fitted, check_random_state, valida
 
 from qmlops.checkpoint import CheckpointStore
 from qmlops.circuits import (
+    WEIGHT_PREFIX,
     CircuitSpec,
     ResourceEstimate,
     check_integer,
@@ -22,7 +23,13 @@ from qmlops.circuits import (
 from qmlops.concurrency import resolve_threads
 from qmlops.config import MAX_BATCH_SIZE, MAX_ITERATIONS, MAX_SHOTS, default_ansatz_reps
 from qmlops.errors import ConfigurationError, ModelFormatError
-from qmlops.simulation import BACKENDS, CircuitEvaluator, adjoint_states_held, planned_backend
+from qmlops.simulation import (
+    BACKENDS,
+    CircuitEvaluator,
+    adjoint_states_held,
+    cached_states_per_sample,
+    planned_backend,
+)
 from qmlops.training import (
     GRADIENTS,
     OPTIMIZERS,
@@ -53,6 +60,10 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             (:func:`qmlops.config.default_ansatz_reps`).
         entanglement: ``"reverse_linear"``, ``"linear"``, ``"full"``, ``"circular"`` or
             ``"pairwise"``.
+        reuploads: Data re-uploading: blocks of [feature map, ansatz], each ansatz block with
+            its own weights (``reuploads`` times the weights of one ansatz); ``1``: the feature
+            map once, then the ansatz. See :mod:`qmlops.circuits`. The numpy engine re-uploads
+            the ``z`` and ``zz`` maps; a re-uploaded ``pauli`` map runs on Aer.
         optimizer: ``"adam"`` (exact gradients, see ``gradient``), ``"spsa"`` or ``"cobyla"``.
         maxiter: Optimizer iterations (COBYLA: objective evaluations).
         learning_rate: Adam step size, SPSA initial gain, COBYLA initial trust radius.
@@ -105,6 +116,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         ansatz: str = "efficient_su2",
         ansatz_reps: int | None = None,
         entanglement: str = "reverse_linear",
+        reuploads: int = 1,
         optimizer: str = "adam",
         maxiter: int = 100,
         learning_rate: float = 0.1,
@@ -123,6 +135,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         self.ansatz = ansatz
         self.ansatz_reps = ansatz_reps
         self.entanglement = entanglement
+        self.reuploads = reuploads
         self.optimizer = optimizer
         self.maxiter = maxiter
         self.learning_rate = learning_rate
@@ -182,6 +195,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
                 default_ansatz_reps(n_qubits) if self.ansatz_reps is None else self.ansatz_reps
             ),
             entanglement=self.entanglement,
+            reuploads=self.reuploads,
         )
 
     def _evaluator(self, spec: CircuitSpec, seed: int) -> CircuitEvaluator:
@@ -296,9 +310,12 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             if self.optimizer == "cobyla"
             else min(n_samples, self.batch_size or n_samples)
         )
-        # The numpy engine keeps every sample's encoded state; both engines hold a working batch;
-        # the adjoint gradient adds its tape (each worker thread's block of samples, per layer).
-        cached = n_samples + n_validation if self.shots is None else 0
+        # The numpy engine keeps every sample's encoded state (and, re-uploading a repeated
+        # feature map, its phases); both engines hold a working batch; the adjoint gradient adds
+        # its tape (each worker thread's block of samples, per layer).
+        cached = (
+            (n_samples + n_validation) * cached_states_per_sample(spec) if self.shots is None else 0
+        )
         tape = 0
         if gradient == "adjoint":
             tape = adjoint_states_held(spec, batch, resolve_threads(self.simulator_threads))
@@ -366,8 +383,9 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
     def circuit_(self) -> Any:
         """The trained circuit with its weights bound (feature parameters left free)."""
         check_is_fitted(self)
-        ansatz = self.spec_.ansatz_circuit().assign_parameters(self.weights_)
-        return self.spec_.feature_map_circuit().compose(ansatz)
+        circuit = self.spec_.circuit()
+        weights = [p for p in circuit.parameters if p.name.startswith(WEIGHT_PREFIX)]
+        return circuit.assign_parameters({p: self.weights_[p.index] for p in weights})
 
     # -- plain-data serialisation (no pickle) -------------------------------------------
 

@@ -52,6 +52,8 @@ MAX_ITERATIONS = 10_000
 MAX_BATCH_SIZE = 100_000
 MAX_SHOTS = 1_000_000
 """Upper bounds shared by :class:`TrainingConfig` and the estimator's own checks."""
+MAX_REUPLOADS = 10
+"""Most data uploads (:class:`CircuitConfig` and :class:`qmlops.circuits.CircuitSpec`)."""
 
 NARROW_DATA_QUBITS = 4
 WIDE_DATA_QUBITS = 8
@@ -131,6 +133,13 @@ class CircuitConfig(_Config):
     )
     entanglement: Literal["reverse_linear", "linear", "full", "circular", "pairwise"] = Field(
         "reverse_linear", description="Entangling pattern."
+    )
+    reuploads: int = Field(
+        1,
+        ge=1,
+        le=MAX_REUPLOADS,
+        description="Data re-uploading: blocks of [feature map, ansatz], each ansatz with its own "
+        "weights (1: the feature map once). Re-uploaded pauli maps run on Aer.",
     )
 
     @property

@@ -98,8 +98,8 @@ class TranspiledCircuit:
 
 
 def measured_circuit(spec: CircuitSpec) -> Any:
-    """Feature map, ansatz and a final measurement of every qubit."""
-    circuit = spec.feature_map_circuit().compose(spec.ansatz_circuit())
+    """The whole classifier circuit (every upload) and a final measurement of every qubit."""
+    circuit = spec.circuit()
     circuit.measure_all()
     return circuit
 

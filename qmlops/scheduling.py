@@ -22,10 +22,10 @@ Handle = TypeVar("Handle")
 def training_cost(spec: CircuitSpec, estimate: ResourceEstimate) -> float:
     """Relative cost of a training, to start the longest ones first.
 
-    Circuit evaluations x amplitudes x circuit layers (feature map and ansatz repetitions plus
-    the readout): only the order matters, not the unit.
+    Circuit evaluations x amplitudes x circuit layers (feature map and ansatz repetitions of
+    every upload, plus the readout): only the order matters, not the unit.
     """
-    layers = spec.feature_map_reps + spec.ansatz_reps + 1
+    layers = spec.reuploads * (spec.feature_map_reps + spec.ansatz_reps) + 1
     return float(estimate.circuit_evaluations) * 2.0**spec.n_qubits * layers
 
 

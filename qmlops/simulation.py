@@ -18,6 +18,16 @@ Two engines compute the same numbers:
   loss by the adjoint method (:meth:`CircuitEvaluator.loss_gradient`): one taped forward pass
   and one backward sweep over the fused ansatz, by blocks of samples.
 
+  Data re-uploading (``CircuitSpec.reuploads > 1``): the first upload stays cached as above.
+  Each later upload of the ``z`` and ``zz`` maps is, per repetition, a fixed Hadamard layer and
+  a per-sample phase vector that the one-repetition encoding already holds
+  (:class:`qmlops.statevector.Reupload`); a step applies blocks of [upload, fused ansatz], and
+  the adjoint sweep goes back over the same blocks (the phases' adjoint is a multiplication by
+  their conjugate). With ``feature_map_reps > 1`` the one-repetition encoding is cached too
+  (one more state per sample). The numpy engine does not re-upload the ``pauli`` map (its
+  X and Y terms are not diagonal): ``backend="auto"`` runs it on Aer, ``backend="numpy"``
+  refuses it with :class:`~qmlops.statevector.UnsupportedCircuitError`.
+
 Threads: ``simulator_threads=0`` (the default) resolves, when the evaluator is built, to the
 cores this process may use capped by the current ``threadpoolctl`` limit
 (:func:`qmlops.concurrency.resolve_threads`). The numpy engine splits large batches over that
@@ -28,6 +38,7 @@ thread, where its matrix products follow threadpoolctl. Aer gets the count as
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import hashlib
 import threading
@@ -35,21 +46,24 @@ import time
 from collections import OrderedDict
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, get_args
+from typing import Literal, NamedTuple, get_args
 
 import numpy as np
+from qiskit.circuit import ParameterVectorElement
 from qiskit.quantum_info import SparsePauliOp
 
-from qmlops.circuits import COMPLEX_BYTES, CircuitSpec
+from qmlops.circuits import COMPLEX_BYTES, FEATURE_PREFIX, CircuitSpec
 from qmlops.concurrency import resolve_threads, single_threaded_blas
 from qmlops.errors import ConfigurationError, InputError, SimulationError
 from qmlops.statevector import (
     FusedProgram,
     Program,
     Readout,
+    Reupload,
     Tape,
     UnsupportedCircuitError,
     Workspace,
+    block_cotangents,
     compile_program,
     encode,
     fuse_program,
@@ -111,14 +125,52 @@ evaluated rows). The loss must be a sum over samples, so blocks of samples can b
 apart."""
 
 
+class EnginePrograms(NamedTuple):
+    """What the numpy engine runs for one circuit description.
+
+    Attributes:
+        encoding: The feature map (the first upload, encoded once per data set).
+        ansatz: One fused ansatz block (``reuploads`` of them run, each with its own weights).
+        reupload: The later uploads (``None`` without re-uploading).
+        phases: The one-repetition feature map whose encoding gives :attr:`reupload`'s phases,
+            when it differs from :attr:`encoding` (``feature_map_reps > 1``); else ``None``.
+    """
+
+    encoding: Program
+    ansatz: FusedProgram
+    reupload: Reupload | None = None
+    phases: Program | None = None
+
+
 @functools.lru_cache(maxsize=64)
-def _programs(spec: CircuitSpec) -> tuple[Program, FusedProgram]:
-    """Feature-map program and fused ansatz program of a circuit, built once per description."""
+def _programs(spec: CircuitSpec) -> EnginePrograms:
+    """The numpy engine's programs of a circuit, built once per description.
+
+    Raises:
+        UnsupportedCircuitError: If the engine cannot run the circuit (a re-uploaded ``pauli``
+            feature map, or a gate it cannot lower).
+    """
     feature_map, ansatz = spec.feature_map_circuit(), spec.ansatz_circuit()
-    return (
-        compile_program(feature_map, features=list(feature_map.parameters)),
-        fuse_program(compile_program(ansatz, weights=list(ansatz.parameters)), _GROUP_QUBITS),
-    )
+    encoding = compile_program(feature_map, features=list(feature_map.parameters))
+    fused = fuse_program(compile_program(ansatz, weights=list(ansatz.parameters)), _GROUP_QUBITS)
+    if spec.reuploads == 1:
+        return EnginePrograms(encoding, fused)
+    if spec.feature_map not in ("z", "zz"):
+        raise UnsupportedCircuitError(
+            f"the numpy engine re-uploads the z and zz feature maps only (a Hadamard layer and "
+            f"phases), not {spec.feature_map!r}; use backend 'aer' or 'auto'"
+        )
+    phases = None
+    if spec.feature_map_reps > 1:
+        one = dataclasses.replace(spec, feature_map_reps=1, reuploads=1).feature_map_circuit()
+        phases = compile_program(one, features=list(one.parameters))
+    reupload = Reupload.of(spec.n_qubits, spec.feature_map_reps, _GROUP_QUBITS)
+    return EnginePrograms(encoding, fused, reupload, phases)
+
+
+def cached_states_per_sample(spec: CircuitSpec) -> int:
+    """Statevectors the numpy engine caches per sample (the encoding, and phases if apart)."""
+    return 2 if spec.reuploads > 1 and spec.feature_map_reps > 1 else 1
 
 
 def planned_backend(spec: CircuitSpec, shots: int | None, requested: str) -> str:
@@ -131,9 +183,7 @@ def planned_backend(spec: CircuitSpec, shots: int | None, requested: str) -> str
     return "aer" if _numpy_programs(spec, shots, requested) is None else "numpy"
 
 
-def _numpy_programs(
-    spec: CircuitSpec, shots: int | None, requested: str
-) -> tuple[Program, FusedProgram] | None:
+def _numpy_programs(spec: CircuitSpec, shots: int | None, requested: str) -> EnginePrograms | None:
     """The numpy engine's programs if it runs this circuit, else ``None`` (Aer runs it)."""
     if requested == "aer":
         return None
@@ -151,14 +201,16 @@ def _numpy_programs(
 def adjoint_states_held(spec: CircuitSpec, n_samples: int, threads: int) -> int:
     """Statevectors the adjoint gradient holds at once, beyond the forward pass's (size guard).
 
-    Each worker thread tapes a block of samples: one state per sample for every group of its
-    layers and the final states, plus the cotangent and a scratch copy in the backward sweep.
+    Each worker thread tapes a block of samples: one state per sample for every group of the
+    layers of every ansatz block and the final states, the re-uploaded states, plus the
+    cotangent and a scratch copy in the backward sweep.
     """
-    ansatz = _programs(spec)[1]
+    ansatz = _programs(spec).ansatz
     dim = 2**spec.n_qubits
     block = max(1, min(n_samples, _TAPE_AMPLITUDES // dim))
     blocks = -(-n_samples // block)
-    return min(threads, blocks) * block * (ansatz.n_passes + 3)
+    uploads = (spec.reuploads - 1) * spec.feature_map_reps
+    return min(threads, blocks) * block * (spec.reuploads * ansatz.n_passes + uploads + 3)
 
 
 def _fingerprint(array: np.ndarray) -> str:
@@ -235,14 +287,13 @@ class CircuitEvaluator:
         self.threads = resolve_threads(self.simulator_threads)
         self.counters = EvaluationCounters()
         self._rng = np.random.default_rng(seed)
-        self._feature_map = spec.feature_map_circuit()
-        self._ansatz = spec.ansatz_circuit()
-        self._circuit = self._feature_map.compose(self._ansatz)
+        self._n_weights = spec.n_weights
+        self._circuit = spec.circuit()
         self._outcome_class = spec.class_of_outcome()
         self._encodings: OrderedDict[str, np.ndarray] = OrderedDict()
         self._workspaces = threading.local()  # one numpy-engine Workspace per thread
         self._readout: Readout | None = None
-        self._programs: tuple[Program, FusedProgram] | None = None
+        self._programs: EnginePrograms | None = None
         self.backend = self._resolve_backend(backend)
         self.unitary_path = "auto"
         """``"auto"``, ``"always"`` or ``"never"``: when the numpy engine multiplies by the
@@ -265,7 +316,7 @@ class CircuitEvaluator:
     @property
     def states_held(self) -> int:
         """Statevectors this evaluator keeps in memory per cached sample (for the size guard)."""
-        return 1 if self.backend == "numpy" else 0
+        return cached_states_per_sample(self.spec) if self.backend == "numpy" else 0
 
     def class_probabilities(self, requests: Sequence[Request]) -> list[np.ndarray]:
         """Evaluate all requests in one primitive call.
@@ -308,10 +359,9 @@ class CircuitEvaluator:
             raise InputError(
                 f"features must have shape (n_samples, {self.spec.n_qubits}), got {features.shape}"
             )
-        if weights.ndim != 2 or weights.shape[1] != self._ansatz.num_parameters:
+        if weights.ndim != 2 or weights.shape[1] != self._n_weights:
             raise InputError(
-                f"weights must have shape (n_points, {self._ansatz.num_parameters}), "
-                f"got {weights.shape}"
+                f"weights must have shape (n_points, {self._n_weights}), got {weights.shape}"
             )
         if not (np.all(np.isfinite(features)) and np.all(np.isfinite(weights))):
             raise InputError("features and weights must be finite (no NaN or infinity)")
@@ -323,17 +373,76 @@ class CircuitEvaluator:
     def encode(self, features: np.ndarray) -> np.ndarray:
         """Return the encoded feature states ``(2**n_qubits, N)``, cached per data set."""
         assert self._programs is not None
-        key = _fingerprint(features)
+        return self._cached_encoding(self._programs.encoding, features, "")
+
+    def _phases(self, features: np.ndarray) -> np.ndarray:
+        """The re-uploads' phases ``φ1(x)`` ``(2**n_qubits, N)`` (see :class:`Reupload`)."""
+        assert self._programs is not None
+        if self._programs.phases is None:
+            return self.encode(features)
+        return self._cached_encoding(self._programs.phases, features, "phases:")
+
+    def _cached_encoding(self, program: Program, features: np.ndarray, kind: str) -> np.ndarray:
+        key = kind + _fingerprint(features)
         cached = self._encodings.get(key)
         if cached is not None:
             self._encodings.move_to_end(key)
             return cached
-        states = encode(self._programs[0], features, _BLOCK_AMPLITUDES)
+        states = encode(program, features, _BLOCK_AMPLITUDES)
         self._encodings[key] = states
-        while len(self._encodings) > _ENCODING_CACHE_SIZE:
+        while len(self._encodings) > _ENCODING_CACHE_SIZE * cached_states_per_sample(self.spec):
             self._encodings.popitem(last=False)
-        self.counters.encoded_samples += features.shape[0]
+        if not kind:
+            self.counters.encoded_samples += features.shape[0]
         return states
+
+    def _block_matrices(self, weights: np.ndarray) -> list[list[np.ndarray]]:
+        """Group matrices of every ansatz block at weight points ``(M, n_weights)``."""
+        assert self._programs is not None
+        size = self._n_weights // self.spec.reuploads
+        return [
+            group_matrices(self._programs.ansatz, weights[:, block * size : (block + 1) * size])
+            for block in range(self.spec.reuploads)
+        ]
+
+    def _forward(
+        self,
+        states: np.ndarray,
+        matrices: Sequence[Sequence[np.ndarray]],
+        phases: np.ndarray | None,
+        workspace: Workspace | None = None,
+        tapes: Sequence[Tape] | None = None,
+    ) -> np.ndarray:
+        """Run every block [upload, ansatz] on encoded states ``(1, 2**n, L)`` (complex).
+
+        Args:
+            states: First-upload states (owned by the call).
+            matrices: Per ansatz block, its group matrices.
+            phases: Per column, the re-uploads' phases ``(2**n, L)`` (``None``: one block).
+            workspace: Buffers for the passes (without tapes).
+            tapes: One tape per block, to record the forward pass for the adjoint sweep.
+
+        Returns:
+            The output states ``(M, 2**n, L)``, complex.
+        """
+        assert self._programs is not None
+        ansatz, reupload = self._programs.ansatz, self._programs.reupload
+        psi = states
+        for block, block_matrices in enumerate(matrices):
+            if block:
+                assert reupload is not None
+                assert phases is not None
+                # Taped states must not be overwritten: uploads then write fresh arrays.
+                psi = reupload.apply(psi, phases, workspace if tapes is None else None)
+            result = run_fused(
+                ansatz,
+                psi.view(np.float64) if ansatz.is_real else psi,
+                matrices=block_matrices,
+                workspace=workspace if tapes is None else None,
+                tape=None if tapes is None else tapes[block],
+            )
+            psi = result.view(np.complex128) if ansatz.is_real else result
+        return psi
 
     def _numpy_probabilities(
         self, requests: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
@@ -343,12 +452,14 @@ class CircuitEvaluator:
         results = []
         for features, weights, rows in requests:
             encoded = self.encode(features)  # (D, N): rows selects the columns to evaluate
+            phases = self._phases(features) if self.spec.reuploads > 1 else None
             out = np.empty((weights.shape[0], rows.shape[0], self.spec.n_classes))
             if self._use_unitary(rows.shape[0], weights.shape[0]):
                 columns = np.take(encoded, rows, axis=1)
-                self._probabilities_by_unitary(columns, weights, readout, out)
+                phase_columns = None if phases is None else np.take(phases, rows, axis=1)
+                self._probabilities_by_unitary(columns, phase_columns, weights, readout, out)
             else:
-                self._probabilities_by_states(encoded, rows, weights, readout, out)
+                self._probabilities_by_states(encoded, phases, rows, weights, readout, out)
             results.append(out)
         return results
 
@@ -356,7 +467,7 @@ class CircuitEvaluator:
         if self.unitary_path != "auto":
             return self.unitary_path == "always"
         assert self._programs is not None
-        dim, passes = 2**self.spec.n_qubits, self._programs[1].n_passes
+        dim, passes = 2**self.spec.n_qubits, self._programs.ansatz.n_passes
         # Building U costs the ansatz's passes over `dim` columns per weight point; multiplying
         # it into the states is one BLAS call, about _GEMM_SPEEDUP times cheaper per amplitude
         # than a pass. Running the ansatz directly costs its passes over `n_samples` columns.
@@ -364,36 +475,50 @@ class CircuitEvaluator:
         return self.spec.n_qubits <= _UNITARY_MAX_QUBITS and by_unitary < passes * n_samples
 
     def _probabilities_by_unitary(
-        self, encoded: np.ndarray, weights: np.ndarray, readout: Readout, out: np.ndarray
+        self,
+        encoded: np.ndarray,
+        phases: np.ndarray | None,
+        weights: np.ndarray,
+        readout: Readout,
+        out: np.ndarray,
     ) -> None:
-        """Run the ansatz on the identity (giving U per weight point), then U @ states."""
+        """Run each ansatz block on the identity (giving U per weight point), then U @ states.
+
+        Re-uploads between blocks are applied to the states, sample by sample.
+        """
         assert self._programs is not None
-        ansatz = self._programs[1]
+        ansatz, reupload = self._programs.ansatz, self._programs.reupload
         (dim, n_samples), n_points = encoded.shape, weights.shape[0]
-        dtype = np.float64 if ansatz.is_real else np.complex128
-        # A real U acts on the real and imaginary parts alike: multiply the float64 view.
-        states = encoded.view(np.float64) if ansatz.is_real else encoded
+        real = ansatz.is_real
+        dtype = np.float64 if real else np.complex128
         chunk = max(1, _WORK_BYTES // (COMPLEX_BYTES * dim * max(dim, n_samples)))
         for p0 in range(0, n_points, chunk):
             w = weights[p0 : p0 + chunk]
-            # One identity shared by all points: the first matrix product broadcasts it.
-            unitary = run_fused(ansatz, np.eye(dim, dtype=dtype)[None], w)
-            amplitudes = np.matmul(unitary, states)
-            if ansatz.is_real:
-                amplitudes = amplitudes.view(np.complex128)
+            amplitudes = encoded[None]
+            for block, matrices in enumerate(self._block_matrices(w)):
+                if block:
+                    assert reupload is not None
+                    assert phases is not None
+                    amplitudes = reupload.apply(amplitudes, phases)
+                # One identity shared by all points: the first matrix product broadcasts it.
+                unitary = run_fused(ansatz, np.eye(dim, dtype=dtype)[None], matrices=matrices)
+                # A real U acts on the real and imaginary parts alike: multiply the float64 view.
+                amplitudes = np.matmul(unitary, amplitudes.view(np.float64) if real else amplitudes)
+                if real:
+                    amplitudes = amplitudes.view(np.complex128)
             out[p0 : p0 + w.shape[0]] = readout(amplitudes)
 
     def _probabilities_by_states(
         self,
         encoded: np.ndarray,
+        phases: np.ndarray | None,
         rows: np.ndarray,
         weights: np.ndarray,
         readout: Readout,
         out: np.ndarray,
     ) -> None:
-        """Run the ansatz on every (weight point, sample) pair, in blocks over worker threads."""
+        """Run the circuit on every (weight point, sample) pair, in blocks over worker threads."""
         assert self._programs is not None
-        ansatz = self._programs[1]
         dim, n_samples, n_points = encoded.shape[0], rows.shape[0], weights.shape[0]
         total = n_points * n_samples * dim
         if total >= _PARALLEL_MIN_AMPLITUDES:
@@ -418,21 +543,19 @@ class CircuitEvaluator:
             for s0 in range(0, n_samples, samples_chunk)
         ]
 
-        matrices = group_matrices(ansatz, weights)
+        matrices = self._block_matrices(weights)
 
         def run_block(block: tuple[int, int]) -> None:
-            workspace = self._workspace()
             p0, s0 = block
             points = slice(p0, p0 + points_chunk)
-            states = np.take(encoded, rows[s0 : s0 + samples_chunk], axis=1)[None]  # (1, D, L)
-            result = run_fused(
-                ansatz,
-                states.view(np.float64) if ansatz.is_real else states,
-                matrices=[m[points] if m.shape[0] > 1 else m for m in matrices],
-                workspace=workspace,
+            columns = rows[s0 : s0 + samples_chunk]
+            states = np.take(encoded, columns, axis=1)[None]  # (1, D, L)
+            result = self._forward(
+                states,
+                [[m[points] if m.shape[0] > 1 else m for m in ms] for ms in matrices],
+                None if phases is None else np.take(phases, columns, axis=1),
+                workspace=self._workspace(),
             )
-            if ansatz.is_real:
-                result = result.view(np.complex128)
             out[points, s0 : s0 + states.shape[2]] = readout(result)
 
         if threads > 1 and len(blocks) > 1:
@@ -489,10 +612,11 @@ class CircuitEvaluator:
         features, points, rows = self._check_request(features, weights.reshape(1, -1), rows)
         checked = [self._check_request(*request) for request in requests]
         assert self._programs is not None
-        ansatz = self._programs[1]
+        ansatz = self._programs.ansatz
         encoded = self.encode(features)
+        phases = self._phases(features) if self.spec.reuploads > 1 else None
         readout = self._get_readout()
-        matrices = group_matrices(ansatz, points)
+        matrices = self._block_matrices(points)
         probabilities = np.empty((rows.shape[0], self.spec.n_classes))
         # The sweep's matrix products are small (a group matrix against a block of states):
         # BLAS threads gain nothing there, and on a busy machine their hand-offs cost more
@@ -500,13 +624,24 @@ class CircuitEvaluator:
         with single_threaded_blas():
             if self._use_unitary(rows.shape[0], 1):
                 cotangents = self._cotangents_by_unitary(
-                    np.take(encoded, rows, axis=1), matrices, readout, cotangent, probabilities
+                    np.take(encoded, rows, axis=1),
+                    None if phases is None else np.take(phases, rows, axis=1),
+                    matrices,
+                    readout,
+                    cotangent,
+                    probabilities,
                 )
             else:
                 cotangents = self._cotangents_by_states(
-                    encoded, rows, matrices, readout, cotangent, probabilities
+                    encoded, phases, rows, matrices, readout, cotangent, probabilities
                 )
-        gradient = weight_gradient(ansatz, points[0], cotangents)
+        size = self._n_weights // self.spec.reuploads
+        gradient = np.concatenate(
+            [
+                weight_gradient(ansatz, points[0, block * size : (block + 1) * size], found)
+                for block, found in enumerate(cotangents)
+            ]
+        )
         others = self._numpy_probabilities(checked)
         self.counters.seconds += time.perf_counter() - started
         self.counters.primitive_calls += 1
@@ -529,11 +664,50 @@ class CircuitEvaluator:
             workspace = self._workspaces.workspace = Workspace()
         return workspace
 
-    def _tape(self) -> Tape:
-        tape = getattr(self._workspaces, "tape", None)
-        if tape is None:
-            tape = self._workspaces.tape = Tape()
-        return tape
+    def _tapes(self) -> list[Tape]:
+        """This thread's tapes, one per ansatz block."""
+        tapes = getattr(self._workspaces, "tapes", None)
+        if tapes is None:
+            tapes = self._workspaces.tapes = [Tape() for _ in range(self.spec.reuploads)]
+        return tapes
+
+    def _sweep_blocks(
+        self,
+        matrices: Sequence[Sequence[np.ndarray]],
+        tapes: Sequence[Tape],
+        carried: np.ndarray,
+        phases: np.ndarray | None,
+    ) -> list[list[np.ndarray | None]]:
+        """The adjoint sweep back over every block [upload, ansatz], last block first.
+
+        Args:
+            matrices: Per block, its group matrices at one weight point.
+            tapes: Per block, the tape of its forward run (or of its unitary's run).
+            carried: What the sweep carries at the last block's output ``(1, 2**n, L)``.
+            phases: Per column, the re-uploads' phases (``None``: one block).
+
+        Returns:
+            Per block, :func:`group_cotangents`.
+        """
+        assert self._programs is not None
+        ansatz, reupload = self._programs.ansatz, self._programs.reupload
+        real, workspace = ansatz.is_real, self._workspace()
+        found: list[list[np.ndarray | None]] = [[] for _ in matrices]
+        for block in reversed(range(len(matrices))):
+            if block == 0:
+                found[0] = group_cotangents(ansatz, matrices[0], tapes[0], carried, workspace)
+                break
+            assert reupload is not None
+            assert phases is not None
+            found[block], carried = block_cotangents(
+                ansatz, matrices[block], tapes[block], carried, workspace
+            )
+            # A complex sweep carries conj(λ), a real one λ (as float64 views).
+            carried = reupload.backward(
+                carried.view(np.complex128) if real else carried, phases, not real, workspace
+            )
+            carried = carried.view(np.float64) if real else carried
+        return found
 
     @staticmethod
     def _output_cotangent(
@@ -558,55 +732,85 @@ class CircuitEvaluator:
     def _cotangents_by_unitary(
         self,
         states: np.ndarray,
-        matrices: list[np.ndarray],
+        phases: np.ndarray | None,
+        matrices: list[list[np.ndarray]],
         readout: Readout,
         cotangent: ProbabilityCotangent,
         out: np.ndarray,
-    ) -> list[np.ndarray | None]:
-        """Tape the ansatz on the identity (giving U), then propagate ``dL/dU`` back through it."""
+    ) -> list[list[np.ndarray | None]]:
+        """Tape each block on the identity (giving U), then propagate ``dL/dU`` back through it.
+
+        Returns:
+            Per ansatz block, :func:`group_cotangents`.
+        """
         assert self._programs is not None
-        ansatz = self._programs[1]
+        ansatz, reupload = self._programs.ansatz, self._programs.reupload
         dim, real = states.shape[0], ansatz.is_real
-        tape = self._tape()
+        tapes, workspace = self._tapes(), self._workspace()
         identity = np.eye(dim, dtype=np.float64 if real else np.complex128)[None]
-        unitary = run_fused(ansatz, identity, matrices=matrices, tape=tape)[0]
-        inputs = states.view(np.float64) if real else states
-        amplitudes = np.matmul(unitary, inputs)
-        if real:
-            amplitudes = amplitudes.view(np.complex128)
+        unitaries, inputs = [], []
+        amplitudes = states
+        for block, block_matrices in enumerate(matrices):
+            if block:
+                assert reupload is not None
+                assert phases is not None
+                amplitudes = reupload.apply(amplitudes[None], phases)[0]
+            unitary = run_fused(ansatz, identity, matrices=block_matrices, tape=tapes[block])[0]
+            unitaries.append(unitary)
+            inputs.append(amplitudes.view(np.float64) if real else amplitudes)
+            amplitudes = np.matmul(unitary, inputs[-1])
+            if real:
+                amplitudes = amplitudes.view(np.complex128)
         carried = self._output_cotangent(
             amplitudes[None], readout, cotangent, np.arange(states.shape[1]), real, out
         )
-        # conj(dL/dU) = Σ_samples conj(λ) φ^T: column j is the cotangent of U's column j.
-        at_unitary = np.matmul(carried, inputs.T)[None]
-        return group_cotangents(ansatz, matrices, tape, at_unitary, self._workspace())
+        found: list[list[np.ndarray | None]] = [[] for _ in matrices]
+        for block in reversed(range(len(matrices))):
+            # conj(dL/dU) = Σ_samples conj(λ) φ^T: column j is the cotangent of U's column j.
+            at_unitary = np.matmul(carried, inputs[block].T)[None]
+            if block:
+                assert reupload is not None
+                assert phases is not None
+                # Back over U (conj(λ_in) = U^T conj(λ_out); λ for a real U), then the upload.
+                carried = np.matmul(unitaries[block].T, carried)
+                carried = reupload.backward(
+                    (carried.view(np.complex128) if real else carried)[None], phases, not real
+                )[0]
+                carried = carried.view(np.float64) if real else carried
+            found[block] = group_cotangents(
+                ansatz, matrices[block], tapes[block], at_unitary, workspace
+            )
+        return found
 
     def _cotangents_by_states(
         self,
         encoded: np.ndarray,
+        phases: np.ndarray | None,
         rows: np.ndarray,
-        matrices: list[np.ndarray],
+        matrices: list[list[np.ndarray]],
         readout: Readout,
         cotangent: ProbabilityCotangent,
         out: np.ndarray,
-    ) -> list[np.ndarray | None]:
-        """Tape and sweep back blocks of samples (over worker threads); sum their cotangents."""
+    ) -> list[list[np.ndarray | None]]:
+        """Tape and sweep back blocks of samples (over worker threads); sum their cotangents.
+
+        Returns:
+            Per ansatz block, :func:`group_cotangents` summed over the samples.
+        """
         assert self._programs is not None
-        ansatz = self._programs[1]
+        ansatz = self._programs.ansatz
         dim, n_samples, real = encoded.shape[0], rows.shape[0], ansatz.is_real
         chunk = max(1, min(n_samples, _TAPE_AMPLITUDES // dim))
         starts = list(range(0, n_samples, chunk))
         threads = self.threads if n_samples * dim >= _PARALLEL_MIN_AMPLITUDES else 1
-        per_block: dict[int, list[np.ndarray | None]] = {}
+        per_block: dict[int, list[list[np.ndarray | None]]] = {}
 
         def run_block(start: int) -> None:
             positions = np.arange(start, min(start + chunk, n_samples))
             states = np.take(encoded, rows[positions], axis=1)[None]  # (1, D, L)
-            tape = self._tape()
-            result = run_fused(
-                ansatz, states.view(np.float64) if real else states, matrices=matrices, tape=tape
-            )
-            amplitudes = result.view(np.complex128) if real else result
+            columns = None if phases is None else np.take(phases, rows[positions], axis=1)
+            tapes = self._tapes()
+            amplitudes = self._forward(states, matrices, columns, tapes=tapes)
             carried = self._output_cotangent(
                 amplitudes,
                 readout,
@@ -615,30 +819,33 @@ class CircuitEvaluator:
                 real,
                 out[start : start + positions.shape[0]],
             )
-            per_block[start] = group_cotangents(
-                ansatz, matrices, tape, carried[None], self._workspace()
-            )
+            per_block[start] = self._sweep_blocks(matrices, tapes, carried[None], columns)
 
         parallel_map(run_block, starts, threads)
-        blocks = [per_block[start] for start in starts]
         return [
-            None if parts[0] is None else np.sum(parts, axis=0)
-            for parts in zip(*blocks, strict=True)
+            [
+                None if parts[0] is None else np.sum(parts, axis=0)
+                for parts in zip(*(per_block[start][block] for start in starts), strict=True)
+            ]
+            for block in range(len(matrices))
         ]
 
     # -- Aer primitives -----------------------------------------------------------------
 
     def _parameter_values(self, features: np.ndarray, weights: np.ndarray) -> np.ndarray:
-        """Parameter values ``(M, N, n_params)`` in the circuit's parameter order."""
+        """Parameter values ``(M, N, n_params)`` in the circuit's parameter order.
+
+        Every upload shares the feature parameters ``x[i]`` (column ``i`` of the features);
+        the weight parameters ``θ[j]`` take weight ``j``.
+        """
         n_points, n_samples = weights.shape[0], features.shape[0]
-        feature_index = {p: i for i, p in enumerate(self._feature_map.parameters)}
-        weight_index = {p: i for i, p in enumerate(self._ansatz.parameters)}
         values = np.empty((n_points, n_samples, self._circuit.num_parameters))
         for column, param in enumerate(self._circuit.parameters):
-            if param in feature_index:
-                values[:, :, column] = features[None, :, feature_index[param]]
+            assert isinstance(param, ParameterVectorElement)
+            if param.vector.name == FEATURE_PREFIX:
+                values[:, :, column] = features[None, :, param.index]
             else:
-                values[:, :, column] = weights[:, None, weight_index[param]]
+                values[:, :, column] = weights[:, None, param.index]
         return values
 
     def _backend_options(self) -> dict[str, object]:

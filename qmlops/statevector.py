@@ -937,7 +937,7 @@ def run_fused(
     if matrices is None:
         matrices = group_matrices(fused, weights)
     _, dim, columns = psi.shape
-    m_points = max((matrix.shape[0] for matrix in matrices), default=psi.shape[0])
+    m_points = max([psi.shape[0], *(matrix.shape[0] for matrix in matrices)])
 
     def output(shape: tuple[int, ...]) -> np.ndarray | None:
         if tape is not None:
@@ -975,6 +975,25 @@ def group_cotangents(
 ) -> list[np.ndarray | None]:
     """The backward sweep of the adjoint method over a fused program run with a tape.
 
+    It stops at the first weighted group: what precedes it has no gradient. See
+    :func:`block_cotangents` for the arguments and for a sweep that goes on to the input.
+
+    Returns:
+        Per group in program order: ``conj(dL/dG)`` ``(2**k, 2**k)``, or ``None`` for a
+        group without weights.
+    """
+    return _sweep(fused, matrices, tape, cotangent, workspace, to_input=False)[0]
+
+
+def block_cotangents(
+    fused: FusedProgram,
+    matrices: Sequence[np.ndarray],
+    tape: Tape,
+    cotangent: np.ndarray,
+    workspace: Workspace | None = None,
+) -> tuple[list[np.ndarray | None], np.ndarray]:
+    """The backward sweep of the adjoint method over a fused program run with a tape.
+
     With ``ψ_out = G ψ_in`` per group and ``λ = dL/dψ*`` (so ``dL = 2 Re <λ|dψ>``), a group's
     cotangent is ``dL/dG = Σ λ_out ψ_in^H`` over the states, and ``λ_in = G^H λ_out``. The sweep
     carries ``conj(λ)`` instead (``conj(λ_in) = G^T conj(λ_out)``), so that no conjugated copy of
@@ -991,8 +1010,21 @@ def group_cotangents(
 
     Returns:
         Per group in program order: ``conj(dL/dG)`` ``(2**k, 2**k)``, or ``None`` for a
-        group without weights.
+        group without weights; and what the sweep carries at the program's input
+        (``conj(dL/dψ*)``, or ``dL/dψ*`` for a real program), for a sweep that continues over
+        what came before (a re-uploaded feature map and an earlier block).
     """
+    return _sweep(fused, matrices, tape, cotangent, workspace, to_input=True)
+
+
+def _sweep(
+    fused: FusedProgram,
+    matrices: Sequence[np.ndarray],
+    tape: Tape,
+    cotangent: np.ndarray,
+    workspace: Workspace | None,
+    to_input: bool,
+) -> tuple[list[np.ndarray | None], np.ndarray]:
     plan = fused.group_plan
     weighted = plan.weighted_groups
     results: list[np.ndarray | None] = [None] * len(matrices)
@@ -1006,7 +1038,7 @@ def group_cotangents(
         return None if workspace is None else workspace.next(shape, like.dtype, like)
 
     for stage in reversed(fused.stages):
-        if remaining == 0:
+        if remaining == 0 and not to_input:
             break  # what precedes the first weighted group has no gradient
         if isinstance(stage, LocalStage):
             for _ in stage.groups:
@@ -1020,7 +1052,7 @@ def group_cotangents(
                     results[group_number] = np.matmul(view, states.swapaxes(-1, -2)).sum(
                         axis=(0, 1)
                     )
-                    if remaining == 0:
+                    if remaining == 0 and not to_input:
                         break
                 out = output(view.shape, carried)
                 carried = np.matmul(group.swapaxes(-1, -2)[:, None], view, out=out).reshape(
@@ -1034,7 +1066,7 @@ def group_cotangents(
             diagonal = stage.diagonal.real if fused.is_real else stage.diagonal
             carried *= diagonal.astype(diagonal_dtype, copy=False)[None, :, None]
     tape.clear()
-    return results
+    return results, carried
 
 
 def weight_gradient(
@@ -1042,3 +1074,89 @@ def weight_gradient(
 ) -> np.ndarray:
     """``dL/dθ`` ``(P,)`` at one weight point ``(P,)`` from :func:`group_cotangents` (summed)."""
     return fused.group_plan.gradient(weights, cotangents, weights.shape[0])
+
+
+# -- re-uploaded feature maps -------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Reupload:
+    """A later upload of a ``z`` or ``zz`` feature map, applied per sample at every step.
+
+    Each repetition of those maps is a Hadamard layer followed by gates diagonal in the
+    computational basis, so one repetition is ``diag(d_x) H`` with a per-sample phase vector
+    ``d_x``. The one-repetition encoding ``φ1(x) = diag(d_x) H|0> = d_x / sqrt(2**n)`` already
+    holds it: one repetition maps ``ψ`` to ``φ1(x) * (sqrt(2**n) H ψ)``. The scaled Hadamard
+    layer (entries ±1) runs as a fused, weight-free program; the phases are an elementwise
+    product, and both are trivially inverted in the backward sweep.
+
+    Attributes:
+        hadamard: The Hadamard layer on every qubit, fused.
+        matrices: Its group matrices, each scaled by ``sqrt(2**k)`` (so the layer applies
+            ``sqrt(2**n) H``).
+        reps: Repetitions of the feature map per upload.
+    """
+
+    hadamard: FusedProgram
+    matrices: tuple[np.ndarray, ...]
+    reps: int
+
+    @classmethod
+    def of(cls, n_qubits: int, reps: int, group_qubits: int = 4) -> Reupload:
+        """The re-upload of a ``reps``-repetition ``z``/``zz`` feature map on ``n_qubits``."""
+        layer = QuantumCircuit(n_qubits)
+        layer.h(range(n_qubits))
+        hadamard = fuse_program(compile_program(layer), group_qubits)
+        matrices = tuple(
+            matrix * math.sqrt(matrix.shape[-1]) for matrix in group_matrices(hadamard, None)
+        )
+        return cls(hadamard=hadamard, matrices=matrices, reps=reps)
+
+    def apply(
+        self, psi: np.ndarray, phases: np.ndarray, workspace: Workspace | None = None
+    ) -> np.ndarray:
+        """Upload the features again: ``(diag(d_x) H)^reps`` on complex states ``(M, 2**n, L)``.
+
+        Args:
+            psi: The states (owned by the call: it may be modified).
+            phases: ``φ1(x)`` of each column ``(2**n, L)``.
+            workspace: Buffers for the passes (``None``: fresh arrays, which a tape needs).
+
+        Returns:
+            The new complex states (not always the same array).
+        """
+        for _ in range(self.reps):
+            psi = run_fused(
+                self.hadamard, psi.view(np.float64), matrices=self.matrices, workspace=workspace
+            ).view(np.complex128)
+            psi *= phases[None]
+        return psi
+
+    def backward(
+        self,
+        carried: np.ndarray,
+        phases: np.ndarray,
+        conjugated: bool,
+        workspace: Workspace | None = None,
+    ) -> np.ndarray:
+        """Carry the adjoint sweep's cotangent back over :meth:`apply`.
+
+        ``λ_in = U^H λ_out`` with ``U = (diag(d) H)^reps``: per repetition, multiply by
+        ``conj(d)`` and apply ``H``. A sweep that carries ``conj(λ)`` multiplies by ``d``.
+
+        Args:
+            carried: Complex cotangent ``(1, 2**n, L)`` at the upload's output (modified).
+            phases: ``φ1(x)`` of each column ``(2**n, L)``.
+            conjugated: Whether ``carried`` is ``conj(λ)`` rather than ``λ``.
+            workspace: Buffers for the passes.
+
+        Returns:
+            The complex cotangent at the upload's input.
+        """
+        factor = phases if conjugated else np.conj(phases)
+        for _ in range(self.reps):
+            carried *= factor[None]
+            carried = run_fused(
+                self.hadamard, carried.view(np.float64), matrices=self.matrices, workspace=workspace
+            ).view(np.complex128)
+        return carried
