@@ -4,11 +4,12 @@ Circuits are built with Qiskit 2's function-style circuit library. A :class:`Cir
 the plain, JSON-serialisable description of a classifier's circuit; every circuit object is
 rebuilt from it, so models are stored as a description plus weights, never as pickles.
 
-Readout: a measured bitstring ``b`` votes for class ``popcount(b) mod n_classes``. For two
-classes this is the parity of all qubits (a global, balanced observable); for ``K`` classes the
-Hamming weights ``0..n`` are dealt round-robin over the classes, which needs
-``K <= n_qubits + 1``. A class's score is the total probability of its bitstrings, so the scores
-of one sample are non-negative and sum to one.
+Readout (:mod:`qmlops.readout`): by default a measured bitstring ``b`` votes for class
+``popcount(b) mod n_classes``. For two classes this is the parity of all qubits (a global,
+balanced observable); for ``K`` classes the Hamming weights ``0..n`` are dealt round-robin over
+the classes, which needs ``K <= n_qubits + 1``. A class's score is the total probability of its
+bitstrings, so the scores of one sample are non-negative and sum to one. The ``"z_softmax"``
+readout instead feeds every qubit's Pauli-Z expectation to a trainable softmax layer.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from qiskit.circuit.library import (
 )
 
 from qmlops.errors import ConfigurationError, SizeLimitError
+from qmlops.readout import DEFAULT_READOUT, READOUTS, ClassReadout, class_of_outcome
 
 FeatureMapName = Literal["zz", "z", "pauli"]
 AnsatzName = Literal["real_amplitudes", "efficient_su2"]
@@ -72,6 +74,8 @@ class CircuitSpec:
         ansatz_reps: Repetitions of the ansatz.
         entanglement: Entangling pattern used by the feature map and the ansatz.
         paulis: Comma-separated Pauli strings of the ``"pauli"`` feature map.
+        readout: ``"hamming_weight"`` or ``"z_softmax"`` (see :mod:`qmlops.readout`);
+            descriptions saved before this field existed read as ``"hamming_weight"``.
     """
 
     n_qubits: int
@@ -82,6 +86,7 @@ class CircuitSpec:
     ansatz_reps: int = 3
     entanglement: str = "reverse_linear"
     paulis: str = "Y,ZZ"
+    readout: str = DEFAULT_READOUT
 
     def __post_init__(self) -> None:
         check_integer("n_qubits", self.n_qubits, 1, MAX_QUBITS)
@@ -89,12 +94,14 @@ class CircuitSpec:
         _check_choice("feature map", self.feature_map, FEATURE_MAPS)
         _check_choice("ansatz", self.ansatz, ANSATZE)
         _check_choice("entanglement", self.entanglement, ENTANGLEMENTS)
+        _check_choice("readout", self.readout, READOUTS)
         check_integer("feature_map_reps", self.feature_map_reps, 1, 20)
         check_integer("ansatz_reps", self.ansatz_reps, 1, 50)
-        if self.n_classes > self.n_qubits + 1:
+        if self.readout == "hamming_weight" and self.n_classes > self.n_qubits + 1:
             raise ConfigurationError(
                 f"{self.n_classes} classes need at least {self.n_classes - 1} qubits with the "
-                f"Hamming-weight readout; got n_qubits={self.n_qubits}"
+                f"Hamming-weight readout; got n_qubits={self.n_qubits} (the z_softmax readout "
+                "takes any number of classes)"
             )
         if self.feature_map == "zz" and self.n_qubits < 2:
             raise ConfigurationError("the zz feature map needs at least 2 qubits; use 'z'")
@@ -150,34 +157,29 @@ class CircuitSpec:
         return self.feature_map_circuit().compose(self.ansatz_circuit())
 
     @property
-    def n_weights(self) -> int:
-        """Number of trainable parameters."""
+    def n_circuit_weights(self) -> int:
+        """Trainable parameters of the circuit (the ansatz's rotation angles)."""
         return int(self.ansatz_circuit().num_parameters)
+
+    @property
+    def n_weights(self) -> int:
+        """All trainable parameters: the circuit's, then the readout head's."""
+        return self.n_circuit_weights + self.class_readout().n_head_weights
+
+    def class_readout(self) -> ClassReadout:
+        """The readout's observables and classical head (see :mod:`qmlops.readout`)."""
+        return ClassReadout(self.readout, self.n_qubits, self.n_classes)
 
     def class_of_outcome(self) -> np.ndarray:
         """Class index voted for by each computational basis state (length ``2**n_qubits``)."""
         return class_of_outcome(self.n_qubits, self.n_classes)
 
 
-def class_of_outcome(n_qubits: int, n_classes: int) -> np.ndarray:
-    """Map each basis-state index to a class: Hamming weight modulo ``n_classes``.
-
-    Args:
-        n_qubits: Number of measured qubits.
-        n_classes: Number of classes.
-
-    Returns:
-        Integer array of length ``2**n_qubits``.
-    """
-    outcomes = np.arange(2**n_qubits, dtype=np.uint64)
-    weights = np.zeros(outcomes.shape, dtype=np.int64)
-    for bit in range(n_qubits):
-        weights += ((outcomes >> np.uint64(bit)) & np.uint64(1)).astype(np.int64)
-    return weights % n_classes
-
-
 def circuit_summary(spec: CircuitSpec) -> dict[str, int]:
-    """Width, depth and parameter counts of the classifier circuit (decomposed to basic gates)."""
+    """Width, depth and parameter counts of the classifier circuit (decomposed to basic gates).
+
+    ``circuit_parameters`` counts every trainable weight, the readout head's included.
+    """
     circuit = spec.circuit()
     decomposed = circuit.decompose(reps=3)
     return {

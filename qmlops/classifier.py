@@ -39,11 +39,11 @@ logger = logging.getLogger(__name__)
 
 
 class QuantumClassifier(ClassifierMixin, BaseEstimator):
-    """Variational quantum classifier: feature map, trainable ansatz, Hamming-weight readout.
+    """Variational quantum classifier: feature map, trainable ansatz, class readout.
 
     ``__init__`` only stores its arguments; :meth:`fit` validates them, builds the circuits and
     the simulator, and trains. Inputs are encoding angles, one feature per qubit (see
-    :func:`qmlops.preprocessing.make_preprocessor`). See :mod:`qmlops.circuits` for the readout.
+    :func:`qmlops.preprocessing.make_preprocessor`). See :mod:`qmlops.readout` for the readouts.
 
     Args:
         feature_map: ``"zz"``, ``"z"`` or ``"pauli"``.
@@ -53,6 +53,9 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             (:func:`qmlops.config.default_ansatz_reps`).
         entanglement: ``"reverse_linear"``, ``"linear"``, ``"full"``, ``"circular"`` or
             ``"pairwise"``.
+        readout: ``"hamming_weight"`` (default: each measured bitstring votes for class
+            ``popcount mod n_classes``) or ``"z_softmax"`` (every qubit's Pauli-Z expectation
+            feeds a trainable softmax layer, trained jointly with the circuit).
         optimizer: ``"adam"`` (exact gradients, see ``gradient``), ``"spsa"`` or ``"cobyla"``.
         maxiter: Optimizer iterations (COBYLA: objective evaluations).
         learning_rate: Adam step size, SPSA initial gain, COBYLA initial trust radius.
@@ -83,7 +86,9 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         n_features_in_: Number of features (= qubits).
         spec_: The :class:`~qmlops.circuits.CircuitSpec` of the trained circuit.
         initial_weights_: Starting weights.
-        weights_: Trained weights.
+        weights_: Trained weights: the circuit's (``spec_.n_circuit_weights``), then, for the
+            ``"z_softmax"`` readout, the head's ``W`` (``n_classes x n_qubits``, row by row)
+            and ``b`` (``n_classes``).
         loss_curve_: Training loss at the initial point and after every iteration.
         train_accuracy_curve_: Training accuracy at the same points.
         validation_accuracy_curve_: Validation accuracy at the same points (empty without
@@ -105,6 +110,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         ansatz: str = "efficient_su2",
         ansatz_reps: int | None = None,
         entanglement: str = "reverse_linear",
+        readout: str = "hamming_weight",
         optimizer: str = "adam",
         maxiter: int = 100,
         learning_rate: float = 0.1,
@@ -123,6 +129,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         self.ansatz = ansatz
         self.ansatz_reps = ansatz_reps
         self.entanglement = entanglement
+        self.readout = readout
         self.optimizer = optimizer
         self.maxiter = maxiter
         self.learning_rate = learning_rate
@@ -182,6 +189,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
                 default_ansatz_reps(n_qubits) if self.ansatz_reps is None else self.ansatz_reps
             ),
             entanglement=self.entanglement,
+            readout=self.readout,
         )
 
     def _evaluator(self, spec: CircuitSpec, seed: int) -> CircuitEvaluator:
@@ -241,7 +249,12 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         evaluator = self._evaluator(spec, seed=seed)
 
         generator = np.random.default_rng(seed)
-        initial = generator.uniform(-np.pi, np.pi, spec.n_weights)
+        initial = np.concatenate(
+            [
+                generator.uniform(-np.pi, np.pi, spec.n_circuit_weights),
+                spec.class_readout().initial_head(generator),
+            ]
+        )
         batch_size = None if self.optimizer == "cobyla" else self.batch_size
         objective = Objective(evaluator, X, targets, validation, batch_size, generator)
         gradient = self._gradient_method(evaluator.backend)
@@ -290,7 +303,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         self._check_params()
         spec = self._spec(n_features, n_classes)
         gradient = self._gradient_method(planned_backend(spec, self.shots, self.backend))
-        per_step = steps_per_iteration(self.optimizer, spec.n_weights, gradient or "")
+        per_step = steps_per_iteration(self.optimizer, spec.n_circuit_weights, gradient or "")
         batch = (
             n_samples
             if self.optimizer == "cobyla"
@@ -364,9 +377,13 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
 
     @property
     def circuit_(self) -> Any:
-        """The trained circuit with its weights bound (feature parameters left free)."""
+        """The trained circuit with its weights bound (feature parameters left free).
+
+        The ``"z_softmax"`` readout's head is classical: it is in ``weights_``, not here.
+        """
         check_is_fitted(self)
-        ansatz = self.spec_.ansatz_circuit().assign_parameters(self.weights_)
+        circuit_weights = self.weights_[: self.spec_.n_circuit_weights]
+        ansatz = self.spec_.ansatz_circuit().assign_parameters(circuit_weights)
         return self.spec_.feature_map_circuit().compose(ansatz)
 
     # -- plain-data serialisation (no pickle) -------------------------------------------

@@ -29,7 +29,10 @@ EXPECTED_FAILED_CHECKS = {
 
 
 @parametrize_with_checks(
-    [QuantumClassifier(maxiter=3, random_state=0, batch_size=None)],
+    [
+        QuantumClassifier(maxiter=3, random_state=0, batch_size=None),
+        QuantumClassifier(maxiter=3, random_state=0, batch_size=None, readout="z_softmax"),
+    ],
     expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS,
 )
 def test_sklearn_compatible_estimator(estimator, check) -> None:
