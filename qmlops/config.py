@@ -109,7 +109,7 @@ class DatasetConfig(_Config):
 
 
 class CircuitConfig(_Config):
-    """The variational circuit: feature map and ansatz."""
+    """The variational circuit: feature map, ansatz and class readout."""
 
     n_qubits: int | None = Field(
         None,
@@ -131,6 +131,12 @@ class CircuitConfig(_Config):
     )
     entanglement: Literal["reverse_linear", "linear", "full", "circular", "pairwise"] = Field(
         "reverse_linear", description="Entangling pattern."
+    )
+    readout: Literal["hamming_weight", "z_softmax"] = Field(
+        "hamming_weight",
+        description="Class readout: hamming_weight (a bitstring votes for its popcount mod "
+        "classes) or z_softmax (each qubit's Pauli-Z expectation into a trainable softmax "
+        "layer).",
     )
 
     @property
