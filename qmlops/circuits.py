@@ -9,14 +9,16 @@ universal quantum classifier"; Schuld, Sweke and Meyer 2021): the circuit is ``R
 [feature map, ansatz], each ansatz block with its own weights, so the data enter ``R`` times and
 the model's Fourier spectrum in each feature widens with ``R``. Block ``r`` holds the weights
 ``θ[r*P .. (r+1)*P - 1]`` where ``P`` is the weight count of one ansatz (``ansatz_reps``
-repetitions); the model has ``R*P`` weights. ``R = 1`` is the plain circuit (feature map, then
-ansatz). Deeper re-uploaded circuits usually want fewer ``ansatz_reps`` per block.
+repetitions); the circuit has ``R*P`` weights (the readout's head adds its own). ``R = 1`` is
+the plain circuit (feature map, then ansatz). Deeper re-uploaded circuits usually want fewer
+``ansatz_reps`` per block.
 
-Readout: a measured bitstring ``b`` votes for class ``popcount(b) mod n_classes``. For two
-classes this is the parity of all qubits (a global, balanced observable); for ``K`` classes the
-Hamming weights ``0..n`` are dealt round-robin over the classes, which needs
-``K <= n_qubits + 1``. A class's score is the total probability of its bitstrings, so the scores
-of one sample are non-negative and sum to one.
+Readout (:mod:`qmlops.readout`): by default a measured bitstring ``b`` votes for class
+``popcount(b) mod n_classes``. For two classes this is the parity of all qubits (a global,
+balanced observable); for ``K`` classes the Hamming weights ``0..n`` are dealt round-robin over
+the classes, which needs ``K <= n_qubits + 1``. A class's score is the total probability of its
+bitstrings, so the scores of one sample are non-negative and sum to one. The ``"z_softmax"``
+readout instead feeds every qubit's Pauli-Z expectation to a trainable softmax layer.
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from qiskit.circuit.library import (
 
 from qmlops.config import MAX_REUPLOADS
 from qmlops.errors import ConfigurationError, SizeLimitError
+from qmlops.readout import DEFAULT_READOUT, READOUTS, ClassReadout, class_of_outcome
 
 FeatureMapName = Literal["zz", "z", "pauli"]
 AnsatzName = Literal["real_amplitudes", "efficient_su2"]
@@ -84,6 +87,8 @@ class CircuitSpec:
         paulis: Comma-separated Pauli strings of the ``"pauli"`` feature map.
         reuploads: Blocks of [feature map, ansatz], each ansatz with its own weights (data
             re-uploading, see the module docstring); ``1``: feature map, then ansatz.
+        readout: ``"hamming_weight"`` or ``"z_softmax"`` (see :mod:`qmlops.readout`);
+            descriptions saved before this field existed read as ``"hamming_weight"``.
     """
 
     n_qubits: int
@@ -95,6 +100,7 @@ class CircuitSpec:
     entanglement: str = "reverse_linear"
     paulis: str = "Y,ZZ"
     reuploads: int = 1
+    readout: str = DEFAULT_READOUT
 
     def __post_init__(self) -> None:
         check_integer("n_qubits", self.n_qubits, 1, MAX_QUBITS)
@@ -102,13 +108,15 @@ class CircuitSpec:
         _check_choice("feature map", self.feature_map, FEATURE_MAPS)
         _check_choice("ansatz", self.ansatz, ANSATZE)
         _check_choice("entanglement", self.entanglement, ENTANGLEMENTS)
+        _check_choice("readout", self.readout, READOUTS)
         check_integer("feature_map_reps", self.feature_map_reps, 1, 20)
         check_integer("ansatz_reps", self.ansatz_reps, 1, 50)
         check_integer("reuploads", self.reuploads, 1, MAX_REUPLOADS)
-        if self.n_classes > self.n_qubits + 1:
+        if self.readout == "hamming_weight" and self.n_classes > self.n_qubits + 1:
             raise ConfigurationError(
                 f"{self.n_classes} classes need at least {self.n_classes - 1} qubits with the "
-                f"Hamming-weight readout; got n_qubits={self.n_qubits}"
+                f"Hamming-weight readout; got n_qubits={self.n_qubits} (the z_softmax readout "
+                "takes any number of classes)"
             )
         if self.feature_map == "zz" and self.n_qubits < 2:
             raise ConfigurationError("the zz feature map needs at least 2 qubits; use 'z'")
@@ -174,7 +182,7 @@ class CircuitSpec:
         feature_map, ansatz = self.feature_map_circuit(), self.ansatz_circuit()
         if self.reuploads == 1:
             return feature_map.compose(ansatz)
-        weights = ParameterVector(WEIGHT_PREFIX, self.n_weights)
+        weights = ParameterVector(WEIGHT_PREFIX, self.n_circuit_weights)
         block_weights = list(ansatz.parameters)
         size = len(block_weights)
         circuit = QuantumCircuit(self.n_qubits)
@@ -192,34 +200,29 @@ class CircuitSpec:
         return int(self.ansatz_circuit().num_parameters)
 
     @property
-    def n_weights(self) -> int:
-        """Number of trainable parameters (``reuploads`` blocks)."""
+    def n_circuit_weights(self) -> int:
+        """Trainable parameters of the circuit: ``reuploads`` ansatz blocks' rotation angles."""
         return self.reuploads * self.n_block_weights
+
+    @property
+    def n_weights(self) -> int:
+        """All trainable parameters: the circuit's, then the readout head's."""
+        return self.n_circuit_weights + self.class_readout().n_head_weights
+
+    def class_readout(self) -> ClassReadout:
+        """The readout's observables and classical head (see :mod:`qmlops.readout`)."""
+        return ClassReadout(self.readout, self.n_qubits, self.n_classes)
 
     def class_of_outcome(self) -> np.ndarray:
         """Class index voted for by each computational basis state (length ``2**n_qubits``)."""
         return class_of_outcome(self.n_qubits, self.n_classes)
 
 
-def class_of_outcome(n_qubits: int, n_classes: int) -> np.ndarray:
-    """Map each basis-state index to a class: Hamming weight modulo ``n_classes``.
-
-    Args:
-        n_qubits: Number of measured qubits.
-        n_classes: Number of classes.
-
-    Returns:
-        Integer array of length ``2**n_qubits``.
-    """
-    outcomes = np.arange(2**n_qubits, dtype=np.uint64)
-    weights = np.zeros(outcomes.shape, dtype=np.int64)
-    for bit in range(n_qubits):
-        weights += ((outcomes >> np.uint64(bit)) & np.uint64(1)).astype(np.int64)
-    return weights % n_classes
-
-
 def circuit_summary(spec: CircuitSpec) -> dict[str, int]:
-    """Width, depth and parameter counts of the classifier circuit (decomposed to basic gates)."""
+    """Width, depth and parameter counts of the classifier circuit (decomposed to basic gates).
+
+    ``circuit_parameters`` counts every trainable weight, the readout head's included.
+    """
     circuit = spec.circuit()
     decomposed = circuit.decompose(reps=3)
     return {

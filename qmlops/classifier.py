@@ -46,11 +46,11 @@ logger = logging.getLogger(__name__)
 
 
 class QuantumClassifier(ClassifierMixin, BaseEstimator):
-    """Variational quantum classifier: feature map, trainable ansatz, Hamming-weight readout.
+    """Variational quantum classifier: feature map, trainable ansatz, class readout.
 
     ``__init__`` only stores its arguments; :meth:`fit` validates them, builds the circuits and
     the simulator, and trains. Inputs are encoding angles, one feature per qubit (see
-    :func:`qmlops.preprocessing.make_preprocessor`). See :mod:`qmlops.circuits` for the readout.
+    :func:`qmlops.preprocessing.make_preprocessor`). See :mod:`qmlops.readout` for the readouts.
 
     Args:
         feature_map: ``"zz"``, ``"z"`` or ``"pauli"``.
@@ -64,6 +64,9 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             its own weights (``reuploads`` times the weights of one ansatz); ``1``: the feature
             map once, then the ansatz. See :mod:`qmlops.circuits`. The numpy engine re-uploads
             the ``z`` and ``zz`` maps; a re-uploaded ``pauli`` map runs on Aer.
+        readout: ``"hamming_weight"`` (default: each measured bitstring votes for class
+            ``popcount mod n_classes``) or ``"z_softmax"`` (every qubit's Pauli-Z expectation
+            feeds a trainable softmax layer, trained jointly with the circuit).
         optimizer: ``"adam"`` (exact gradients, see ``gradient``), ``"spsa"`` or ``"cobyla"``.
         maxiter: Optimizer iterations (COBYLA: objective evaluations).
         learning_rate: Adam step size, SPSA initial gain, COBYLA initial trust radius.
@@ -94,7 +97,9 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         n_features_in_: Number of features (= qubits).
         spec_: The :class:`~qmlops.circuits.CircuitSpec` of the trained circuit.
         initial_weights_: Starting weights.
-        weights_: Trained weights.
+        weights_: Trained weights: the circuit's (``spec_.n_circuit_weights``), then, for the
+            ``"z_softmax"`` readout, the head's ``W`` (``n_classes x n_qubits``, row by row)
+            and ``b`` (``n_classes``).
         loss_curve_: Training loss at the initial point and after every iteration.
         train_accuracy_curve_: Training accuracy at the same points.
         validation_accuracy_curve_: Validation accuracy at the same points (empty without
@@ -117,6 +122,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         ansatz_reps: int | None = None,
         entanglement: str = "reverse_linear",
         reuploads: int = 1,
+        readout: str = "hamming_weight",
         optimizer: str = "adam",
         maxiter: int = 100,
         learning_rate: float = 0.1,
@@ -136,6 +142,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         self.ansatz_reps = ansatz_reps
         self.entanglement = entanglement
         self.reuploads = reuploads
+        self.readout = readout
         self.optimizer = optimizer
         self.maxiter = maxiter
         self.learning_rate = learning_rate
@@ -196,6 +203,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             ),
             entanglement=self.entanglement,
             reuploads=self.reuploads,
+            readout=self.readout,
         )
 
     def _evaluator(self, spec: CircuitSpec, seed: int) -> CircuitEvaluator:
@@ -255,7 +263,12 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         evaluator = self._evaluator(spec, seed=seed)
 
         generator = np.random.default_rng(seed)
-        initial = generator.uniform(-np.pi, np.pi, spec.n_weights)
+        initial = np.concatenate(
+            [
+                generator.uniform(-np.pi, np.pi, spec.n_circuit_weights),
+                spec.class_readout().initial_head(generator),
+            ]
+        )
         batch_size = None if self.optimizer == "cobyla" else self.batch_size
         objective = Objective(evaluator, X, targets, validation, batch_size, generator)
         gradient = self._gradient_method(evaluator.backend)
@@ -304,7 +317,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         self._check_params()
         spec = self._spec(n_features, n_classes)
         gradient = self._gradient_method(planned_backend(spec, self.shots, self.backend))
-        per_step = steps_per_iteration(self.optimizer, spec.n_weights, gradient or "")
+        per_step = steps_per_iteration(self.optimizer, spec.n_circuit_weights, gradient or "")
         batch = (
             n_samples
             if self.optimizer == "cobyla"
@@ -381,7 +394,10 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
 
     @property
     def circuit_(self) -> Any:
-        """The trained circuit with its weights bound (feature parameters left free)."""
+        """The trained circuit with its weights bound (feature parameters left free).
+
+        The ``"z_softmax"`` readout's head is classical: it is in ``weights_``, not here.
+        """
         check_is_fitted(self)
         circuit = self.spec_.circuit()
         weights = [p for p in circuit.parameters if p.name.startswith(WEIGHT_PREFIX)]

@@ -111,7 +111,7 @@ class DatasetConfig(_Config):
 
 
 class CircuitConfig(_Config):
-    """The variational circuit: feature map and ansatz."""
+    """The variational circuit: feature map, ansatz and class readout."""
 
     n_qubits: int | None = Field(
         None,
@@ -140,6 +140,12 @@ class CircuitConfig(_Config):
         le=MAX_REUPLOADS,
         description="Data re-uploading: blocks of [feature map, ansatz], each ansatz with its own "
         "weights (1: the feature map once). Re-uploaded pauli maps run on Aer.",
+    )
+    readout: Literal["hamming_weight", "z_softmax"] = Field(
+        "hamming_weight",
+        description="Class readout: hamming_weight (a bitstring votes for its popcount mod "
+        "classes) or z_softmax (each qubit's Pauli-Z expectation into a trainable softmax "
+        "layer).",
     )
 
     @property

@@ -14,6 +14,10 @@ reports the raw and the mitigated accuracy from the same shots.
 device's noise with shots; once trained it predicts on the exact path, so the model it stores
 is an ordinary classifier (its weights) and its device results come from
 :func:`evaluate_on_device`.
+
+Devices score the Hamming-weight readout only: class frequencies of the measured bitstrings,
+raw or mitigated. The ``"z_softmax"`` readout is refused (:func:`check_device_readout`) before
+anything is transpiled or sampled.
 """
 
 from __future__ import annotations
@@ -47,6 +51,7 @@ __all__ = [
     "DeviceEvaluation",
     "DeviceEvaluator",
     "TranspiledCircuit",
+    "check_device_readout",
     "evaluate_on_device",
     "transpile_for_device",
 ]
@@ -58,6 +63,22 @@ SEED_TRANSPILER = 0
 CALIBRATION_SHOTS_MIN = 1000
 CALIBRATION_CIRCUITS_PER_QUBIT = 2
 """mthree's independent calibration prepares each measured qubit in 0 and in 1."""
+
+
+def check_device_readout(readout: str) -> None:
+    """Refuse a readout that device runs cannot score.
+
+    Args:
+        readout: The classifier's readout (see :mod:`qmlops.readout`).
+
+    Raises:
+        ConfigurationError: Unless it is ``"hamming_weight"``.
+    """
+    if readout != "hamming_weight":
+        raise ConfigurationError(
+            f"device runs support the hamming_weight readout only, got readout={readout!r}; "
+            "train with readout='hamming_weight' or use the ideal device"
+        )
 
 
 def calibration_shots(shots: int) -> int:
@@ -236,6 +257,7 @@ class DeviceEvaluator(CircuitEvaluator):
         target: Any = None,
         runtime_mode: Any = None,
     ) -> None:
+        check_device_readout(spec.readout)
         if device.source == "ideal":
             raise DeviceError("the ideal device runs on the exact path, not a DeviceEvaluator")
         if device.is_hardware and sample_fn is None:
@@ -320,7 +342,7 @@ class DeviceEvaluator(CircuitEvaluator):
                 out[index + (self._outcome_class[int(bitstring, 2)],)] += probability
         return out / out.sum(axis=-1, keepdims=True)
 
-    def _aer_shot_probabilities(
+    def _aer_shot_values(
         self, requests: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
     ) -> list[np.ndarray]:
         packed = self.sample(requests)
@@ -479,6 +501,7 @@ class DeviceClassifier(QuantumClassifier):
     def plan(self, n_samples: int, n_validation: int, n_features: int, n_classes: int) -> Any:
         """As :meth:`QuantumClassifier.plan`, and check the device runs the circuit."""
         spec, estimate = super().plan(n_samples, n_validation, n_features, n_classes)
+        check_device_readout(spec.readout)
         device = self._device()
         if device.is_hardware:
             raise DeviceError("training on IBM hardware is not supported; train on a simulator")

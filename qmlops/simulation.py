@@ -1,11 +1,18 @@
 """Batched circuit evaluation: class probabilities for many samples and weight points at once.
 
+The circuit is measured through its readout's observables (:mod:`qmlops.readout`): class
+projectors, whose expectation values are the class probabilities, or every qubit's Pauli Z,
+which a trainable softmax head turns into class probabilities.
+:meth:`CircuitEvaluator.readout_values` gives the measured values of circuit weight points;
+:meth:`CircuitEvaluator.class_probabilities` takes whole weight vectors (circuit, then head)
+and applies the head.
+
 Two engines compute the same numbers:
 
-* ``aer``: qiskit-aer's V2 primitives. Exact mode (``shots=None``) uses ``EstimatorV2`` with one
-  diagonal class-projector observable per class; shot mode uses ``SamplerV2``. Every request of
-  an optimizer step goes into ONE primitive call, with all samples and weight points as
-  parameter-value arrays bound at run time.
+* ``aer``: qiskit-aer's V2 primitives. Exact mode (``shots=None``) uses ``EstimatorV2`` with the
+  readout's diagonal observables; shot mode uses ``SamplerV2``. Every request of an optimizer
+  step goes into ONE primitive call, with all samples and weight points as parameter-value
+  arrays bound at run time.
 * ``numpy``: an exact batched statevector engine (:mod:`qmlops.statevector`). The feature map
   and the ansatz are lowered once per circuit description. The encoded feature states
   ``|phi(x)>`` do not depend on the weights, so they are computed once per data set and reused;
@@ -55,6 +62,7 @@ from qiskit.quantum_info import SparsePauliOp
 from qmlops.circuits import COMPLEX_BYTES, FEATURE_PREFIX, CircuitSpec
 from qmlops.concurrency import resolve_threads, single_threaded_blas
 from qmlops.errors import ConfigurationError, InputError, SimulationError
+from qmlops.readout import ClassReadout
 from qmlops.statevector import (
     FusedProgram,
     Program,
@@ -115,14 +123,19 @@ _GEMM_SPEEDUP = 8
 
 Request = tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]
 """``(features, weights[, rows])``: features ``(N, n_qubits)``, weight points ``(M, n_weights)``
-and optionally the indices of the rows of ``features`` to evaluate (a mini-batch); the encoded
-states of the whole ``features`` array stay cached, so mini-batches reuse them."""
+(for :meth:`CircuitEvaluator.readout_values`, the circuit's weights only) and optionally the
+indices of the rows of ``features`` to evaluate (a mini-batch); the encoded states of the whole
+``features`` array stay cached, so mini-batches reuse them."""
 
 ProbabilityCotangent = Callable[[np.ndarray, np.ndarray], np.ndarray]
 """``(probabilities (L, K), positions (L,)) -> dL/dp (L, K)``: the loss's derivative with
 respect to the class probabilities of some of the evaluated samples (``positions`` index the
 evaluated rows). The loss must be a sum over samples, so blocks of samples can be handled
 apart."""
+
+ValueCotangent = Callable[[np.ndarray, np.ndarray], np.ndarray]
+"""``(values (L, R), positions (L,)) -> dL/dv (L, R)``: as :data:`ProbabilityCotangent`, with
+respect to the readout's measured values."""
 
 
 class EnginePrograms(NamedTuple):
@@ -287,9 +300,10 @@ class CircuitEvaluator:
         self.threads = resolve_threads(self.simulator_threads)
         self.counters = EvaluationCounters()
         self._rng = np.random.default_rng(seed)
-        self._n_weights = spec.n_weights
         self._circuit = spec.circuit()
         self._outcome_class = spec.class_of_outcome()
+        self.class_readout: ClassReadout = spec.class_readout()
+        self._n_circuit_weights = spec.n_circuit_weights
         self._encodings: OrderedDict[str, np.ndarray] = OrderedDict()
         self._workspaces = threading.local()  # one numpy-engine Workspace per thread
         self._readout: Readout | None = None
@@ -323,7 +337,8 @@ class CircuitEvaluator:
 
         Args:
             requests: ``(features (N, n_qubits), weights (M, n_weights))`` pairs; every weight
-                point is evaluated on every sample of its request.
+                point (the circuit's weights, then the readout head's) is evaluated on every
+                sample of its request.
 
         Returns:
             One array ``(M, N, n_classes)`` per request; each row sums to one.
@@ -332,14 +347,42 @@ class CircuitEvaluator:
             InputError: If an array has the wrong shape or holds NaN or infinite values.
             SimulationError: If the simulator fails or returns non-finite numbers.
         """
-        started = time.perf_counter()
         checked = [self._check_request(*request) for request in requests]
+        values = self._evaluate([self._circuit_part(request) for request in checked])
+        return [self._apply_head(v, w) for v, (_, w, _) in zip(values, checked, strict=True)]
+
+    def readout_values(self, requests: Sequence[Request]) -> list[np.ndarray]:
+        """The readout's measured values of circuit weight points, in one primitive call.
+
+        These are expectation values, so their derivative with respect to a circuit weight
+        follows the parameter-shift rule; :attr:`class_readout` maps them to probabilities.
+
+        Args:
+            requests: ``(features (N, n_qubits), circuit weights (M, n_circuit_weights))``
+                pairs, optionally with rows.
+
+        Returns:
+            One array ``(M, N, R)`` per request (``R``: :attr:`ClassReadout.n_values`).
+
+        Raises:
+            InputError: If an array has the wrong shape or holds NaN or infinite values.
+            SimulationError: If the simulator fails or returns non-finite numbers.
+        """
+        return self._evaluate(
+            [self._check_request(*request, circuit_only=True) for request in requests]
+        )
+
+    def _evaluate(
+        self, checked: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    ) -> list[np.ndarray]:
+        """Readout values of checked requests of circuit weight points: one primitive call."""
+        started = time.perf_counter()
         if self.backend == "numpy":
-            results = self._numpy_probabilities(checked)
+            results = self._numpy_values(checked)
         elif self.shots is None:
-            results = self._aer_exact_probabilities(checked)
+            results = self._aer_exact_values(checked)
         else:
-            results = self._aer_shot_probabilities(checked)
+            results = self._aer_shot_values(checked)
         self.counters.seconds += time.perf_counter() - started
         self.counters.primitive_calls += 1
         size = sum(len(rows) * w.shape[0] for _, w, rows in checked)
@@ -350,19 +393,33 @@ class CircuitEvaluator:
                 raise SimulationError("the simulator returned non-finite probabilities")
         return results
 
+    def _circuit_part(
+        self, request: tuple[np.ndarray, np.ndarray, np.ndarray]
+    ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        features, weights, rows = request
+        return features, weights[:, : self._n_circuit_weights], rows
+
+    def _apply_head(self, values: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Class probabilities ``(M, N, K)`` of values ``(M, N, R)`` and weight points."""
+        return self.class_readout.probabilities(values, weights[:, self._n_circuit_weights :])
+
     def _check_request(
-        self, features: np.ndarray, weights: np.ndarray, rows: np.ndarray | None = None
+        self,
+        features: np.ndarray,
+        weights: np.ndarray,
+        rows: np.ndarray | None = None,
+        *,
+        circuit_only: bool = False,
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         features = np.asarray(features, dtype=np.float64)
         weights = np.asarray(weights, dtype=np.float64)
+        width = self._n_circuit_weights if circuit_only else self.spec.n_weights
         if features.ndim != 2 or features.shape[1] != self.spec.n_qubits:
             raise InputError(
                 f"features must have shape (n_samples, {self.spec.n_qubits}), got {features.shape}"
             )
-        if weights.ndim != 2 or weights.shape[1] != self._n_weights:
-            raise InputError(
-                f"weights must have shape (n_points, {self._n_weights}), got {weights.shape}"
-            )
+        if weights.ndim != 2 or weights.shape[1] != width:
+            raise InputError(f"weights must have shape (n_points, {width}), got {weights.shape}")
         if not (np.all(np.isfinite(features)) and np.all(np.isfinite(weights))):
             raise InputError("features and weights must be finite (no NaN or infinity)")
         rows = np.arange(features.shape[0]) if rows is None else np.asarray(rows, dtype=np.intp)
@@ -399,7 +456,7 @@ class CircuitEvaluator:
     def _block_matrices(self, weights: np.ndarray) -> list[list[np.ndarray]]:
         """Group matrices of every ansatz block at weight points ``(M, n_weights)``."""
         assert self._programs is not None
-        size = self._n_weights // self.spec.reuploads
+        size = self._n_circuit_weights // self.spec.reuploads
         return [
             group_matrices(self._programs.ansatz, weights[:, block * size : (block + 1) * size])
             for block in range(self.spec.reuploads)
@@ -444,7 +501,7 @@ class CircuitEvaluator:
             psi = result.view(np.complex128) if ansatz.is_real else result
         return psi
 
-    def _numpy_probabilities(
+    def _numpy_values(
         self, requests: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
     ) -> list[np.ndarray]:
         assert self._programs is not None
@@ -453,7 +510,7 @@ class CircuitEvaluator:
         for features, weights, rows in requests:
             encoded = self.encode(features)  # (D, N): rows selects the columns to evaluate
             phases = self._phases(features) if self.spec.reuploads > 1 else None
-            out = np.empty((weights.shape[0], rows.shape[0], self.spec.n_classes))
+            out = np.empty((weights.shape[0], rows.shape[0], self.class_readout.n_values))
             if self._use_unitary(rows.shape[0], weights.shape[0]):
                 columns = np.take(encoded, rows, axis=1)
                 phase_columns = None if phases is None else np.take(phases, rows, axis=1)
@@ -584,11 +641,13 @@ class CircuitEvaluator:
         One forward pass keeps each group's input states (a block of samples at a time); one
         backward sweep over the fused ansatz then gives the cotangent of every group matrix,
         summed over the samples, and from those the gradient of every weight. It costs a few
-        forward passes whatever the number of weights.
+        forward passes whatever the number of weights. The loss reaches the circuit through
+        the readout's head (:meth:`ClassReadout.backward`), whose own weights get their
+        gradient by the chain rule.
 
         Args:
             features: Features ``(N, n_qubits)``.
-            weights: One weight point ``(n_weights,)``.
+            weights: One weight point ``(n_weights,)``: the circuit's, then the head's.
             cotangent: ``dL/dp`` of the loss ``L`` (see :data:`ProbabilityCotangent`).
             rows: Indices of the rows of ``features`` to evaluate (default: all).
             requests: More requests to evaluate in the same call, as in
@@ -609,15 +668,23 @@ class CircuitEvaluator:
             )
         started = time.perf_counter()
         weights = np.asarray(weights, dtype=np.float64)
-        features, points, rows = self._check_request(features, weights.reshape(1, -1), rows)
+        features, _, rows = self._check_request(features, weights.reshape(1, -1), rows)
         checked = [self._check_request(*request) for request in requests]
         assert self._programs is not None
         ansatz = self._programs.ansatz
         encoded = self.encode(features)
         phases = self._phases(features) if self.spec.reuploads > 1 else None
         readout = self._get_readout()
+        points = weights[None, : self._n_circuit_weights]
+        head = weights[self._n_circuit_weights :]
+        class_readout = self.class_readout
+
+        def value_cotangent(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
+            probabilities = class_readout.probabilities(values[None], head[None])[0]
+            return class_readout.backward(values, head, cotangent(probabilities, positions))[0]
+
         matrices = self._block_matrices(points)
-        probabilities = np.empty((rows.shape[0], self.spec.n_classes))
+        values = np.empty((rows.shape[0], class_readout.n_values))
         # The sweep's matrix products are small (a group matrix against a block of states):
         # BLAS threads gain nothing there, and on a busy machine their hand-offs cost more
         # than the products. The engine's own worker threads split large batches instead.
@@ -628,21 +695,30 @@ class CircuitEvaluator:
                     None if phases is None else np.take(phases, rows, axis=1),
                     matrices,
                     readout,
-                    cotangent,
-                    probabilities,
+                    value_cotangent,
+                    values,
                 )
             else:
                 cotangents = self._cotangents_by_states(
-                    encoded, phases, rows, matrices, readout, cotangent, probabilities
+                    encoded, phases, rows, matrices, readout, value_cotangent, values
                 )
-        size = self._n_weights // self.spec.reuploads
-        gradient = np.concatenate(
-            [
-                weight_gradient(ansatz, points[0, block * size : (block + 1) * size], found)
-                for block, found in enumerate(cotangents)
-            ]
-        )
-        others = self._numpy_probabilities(checked)
+        probabilities = class_readout.probabilities(values[None], head[None])[0]
+        # The head's gradient needs every evaluated row at once (the sweep ran by blocks).
+        head_gradient = class_readout.backward(
+            values, head, cotangent(probabilities, np.arange(rows.shape[0]))
+        )[1]
+        size = self._n_circuit_weights // self.spec.reuploads
+        circuit_gradient = [
+            weight_gradient(ansatz, points[0, block * size : (block + 1) * size], found)
+            for block, found in enumerate(cotangents)
+        ]
+        gradient = np.concatenate([*circuit_gradient, head_gradient])
+        others = [
+            self._apply_head(v, w)
+            for v, (_, w, _) in zip(
+                self._numpy_values([self._circuit_part(r) for r in checked]), checked, strict=True
+            )
+        ]
         self.counters.seconds += time.perf_counter() - started
         self.counters.primitive_calls += 1
         size = rows.shape[0] + sum(len(r) * w.shape[0] for _, w, r in checked)
@@ -655,7 +731,7 @@ class CircuitEvaluator:
 
     def _get_readout(self) -> Readout:
         if self._readout is None:
-            self._readout = Readout.of(self._outcome_class, self.spec.n_classes)
+            self._readout = Readout(observables=self.class_readout.observables())
         return self._readout
 
     def _workspace(self) -> Workspace:
@@ -713,18 +789,18 @@ class CircuitEvaluator:
     def _output_cotangent(
         amplitudes: np.ndarray,
         readout: Readout,
-        cotangent: ProbabilityCotangent,
+        cotangent: ValueCotangent,
         positions: np.ndarray,
         real: bool,
         out: np.ndarray,
     ) -> np.ndarray:
-        """Probabilities into ``out``; returns what the backward sweep carries at the output.
+        """Readout values into ``out``; returns what the backward sweep carries at the output.
 
-        With ``p_k = Σ_b [class(b) = k] |ψ_b|²``, ``dL/dψ_b* = (dL/dp_class(b)) ψ_b``.
+        With ``v_r = Σ_b O[r, b] |ψ_b|²``, ``dL/dψ_b* = (Σ_r dL/dv_r O[r, b]) ψ_b``.
         """
-        probabilities = readout(amplitudes, consume=False)[0]  # (L, K)
-        out[...] = probabilities
-        per_state = np.matmul(cotangent(probabilities, positions), readout.onehot).T  # (D, L)
+        values = readout(amplitudes, consume=False)[0]  # (L, R)
+        out[...] = values
+        per_state = np.matmul(cotangent(values, positions), readout.observables).T  # (D, L)
         if real:
             return (per_state * amplitudes[0]).view(np.float64)
         return per_state * np.conj(amplitudes[0])
@@ -735,7 +811,7 @@ class CircuitEvaluator:
         phases: np.ndarray | None,
         matrices: list[list[np.ndarray]],
         readout: Readout,
-        cotangent: ProbabilityCotangent,
+        cotangent: ValueCotangent,
         out: np.ndarray,
     ) -> list[list[np.ndarray | None]]:
         """Tape each block on the identity (giving U), then propagate ``dL/dU`` back through it.
@@ -789,7 +865,7 @@ class CircuitEvaluator:
         rows: np.ndarray,
         matrices: list[list[np.ndarray]],
         readout: Readout,
-        cotangent: ProbabilityCotangent,
+        cotangent: ValueCotangent,
         out: np.ndarray,
     ) -> list[list[np.ndarray | None]]:
         """Tape and sweep back blocks of samples (over worker threads); sum their cotangents.
@@ -855,16 +931,25 @@ class CircuitEvaluator:
             "runtime_parameter_bind_enable": True,
         }
 
-    def _aer_exact_probabilities(
+    def _aer_observables(self) -> list[SparsePauliOp]:
+        """The readout's observables as Pauli sums, in value order."""
+        n_qubits = self.spec.n_qubits
+        if self.class_readout.name == "z_softmax":
+            return [
+                SparsePauliOp.from_sparse_list([("Z", [q], 1.0)], n_qubits) for q in range(n_qubits)
+            ]
+        return [
+            _diagonal_to_pauli((self._outcome_class == k).astype(float), n_qubits)
+            for k in range(self.spec.n_classes)
+        ]
+
+    def _aer_exact_values(
         self, requests: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
     ) -> list[np.ndarray]:
         from qiskit_aer.primitives import EstimatorV2
 
-        projectors = [
-            _diagonal_to_pauli((self._outcome_class == k).astype(float), self.spec.n_qubits)
-            for k in range(self.spec.n_classes)
-        ]
-        observables = np.empty((self.spec.n_classes, 1, 1), dtype=object)
+        projectors = self._aer_observables()
+        observables = np.empty((len(projectors), 1, 1), dtype=object)
         for k, projector in enumerate(projectors):
             observables[k, 0, 0] = projector
         estimator = EstimatorV2(options={"backend_options": self._backend_options()})
@@ -877,11 +962,15 @@ class CircuitEvaluator:
             raise SimulationError(f"Aer estimator failed: {error}") from error
         results = []
         for pub_result in pub_results:
-            probs = np.clip(np.moveaxis(np.asarray(pub_result.data.evs), 0, -1), 0.0, 1.0)
+            values = np.moveaxis(np.asarray(pub_result.data.evs), 0, -1)
+            if self.class_readout.name == "z_softmax":
+                results.append(np.clip(values, -1.0, 1.0))
+                continue
+            probs = np.clip(values, 0.0, 1.0)
             results.append(probs / probs.sum(axis=-1, keepdims=True))
         return results
 
-    def _aer_shot_probabilities(
+    def _aer_shot_values(
         self, requests: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
     ) -> list[np.ndarray]:
         from qiskit_aer.primitives import SamplerV2
@@ -899,12 +988,35 @@ class CircuitEvaluator:
             pub_results = sampler.run(pubs).result()
         except Exception as error:  # Aer raises bare exceptions for resource failures
             raise SimulationError(f"Aer sampler failed: {error}") from error
+        packed = [np.asarray(pub_result.data.meas.array) for pub_result in pub_results]
+        if self.class_readout.name == "z_softmax":
+            return [z_expectations(bits, self.spec.n_qubits) for bits in packed]
         return [
-            class_frequencies(
-                np.asarray(pub_result.data.meas.array), self._outcome_class, self.spec.n_classes
-            )
-            for pub_result in pub_results
+            class_frequencies(bits, self._outcome_class, self.spec.n_classes) for bits in packed
         ]
+
+
+def _outcomes(packed: np.ndarray) -> np.ndarray:
+    """Measured basis-state indices ``(M, N, shots)`` of packed big-endian measurement bytes."""
+    outcomes = np.zeros(packed.shape[:-1], dtype=np.int64)
+    for byte in range(packed.shape[-1]):
+        outcomes = (outcomes << 8) | packed[..., byte].astype(np.int64)
+    return outcomes
+
+
+def z_expectations(packed: np.ndarray, n_qubits: int) -> np.ndarray:
+    """Every qubit's Pauli-Z expectation estimated from a sampler's packed measurement bits.
+
+    Args:
+        packed: ``BitArray.array`` of shape ``(M, N, shots, n_bytes)``, big-endian bytes.
+        n_qubits: Measured qubits.
+
+    Returns:
+        Array ``(M, N, n_qubits)`` of means of ``±1`` (``+1`` for a measured 0).
+    """
+    outcomes = _outcomes(packed)
+    ones = [((outcomes >> q) & 1).mean(axis=-1) for q in range(n_qubits)]
+    return 1.0 - 2.0 * np.stack(ones, axis=-1)
 
 
 def class_frequencies(packed: np.ndarray, outcome_class: np.ndarray, n_classes: int) -> np.ndarray:
@@ -918,10 +1030,7 @@ def class_frequencies(packed: np.ndarray, outcome_class: np.ndarray, n_classes: 
     Returns:
         Array ``(M, N, n_classes)``; each row sums to one.
     """
-    outcomes = np.zeros(packed.shape[:-1], dtype=np.int64)
-    for byte in range(packed.shape[-1]):
-        outcomes = (outcomes << 8) | packed[..., byte].astype(np.int64)
-    classes = outcome_class[outcomes]  # (M, N, shots)
+    classes = outcome_class[_outcomes(packed)]  # (M, N, shots)
     n_cells = classes.shape[0] * classes.shape[1]
     flat = np.arange(n_cells).reshape(classes.shape[:2] + (1,)) * n_classes + classes
     counts = np.bincount(flat.ravel(), minlength=n_cells * n_classes)

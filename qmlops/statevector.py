@@ -16,8 +16,8 @@ Two ways to run a program:
   into one gather, and each run of ``cz``-like gates into one multiplication. A layer of an
   ansatz on 16 qubits then costs 4 matrix products and one gather instead of about 30 passes.
 
-The exact gradient of a loss of the class probabilities, by the adjoint method: a taped
-:func:`run_fused` keeps each group's input states (:class:`Tape`); :func:`group_cotangents`
+The exact gradient of a loss of the readout values (:class:`Readout`), by the adjoint method: a
+taped :func:`run_fused` keeps each group's input states (:class:`Tape`); :func:`group_cotangents`
 sweeps back once over the stages, turning ``dL/dψ*`` at the output into each group matrix's
 cotangent ``Σ λ ψ^H``; :func:`weight_gradient` maps those through the Kronecker products and
 the gate chains to ``dL/dθ`` of every weight. That costs about three forward passes whatever
@@ -374,21 +374,25 @@ def encode(program: Program, features: np.ndarray, block_amplitudes: int = 2**19
 
 @dataclass(frozen=True)
 class Readout:
-    """Sums basis-state probabilities per class with one matrix product.
+    """Expectation values of diagonal observables with one matrix product.
+
+    The class readouts of :mod:`qmlops.readout` are all of this form: class projectors (the
+    values are class probabilities) or every qubit's Pauli Z.
 
     Attributes:
-        onehot: ``(n_classes, 2**n)``: 1 where a basis state votes for a class.
+        observables: ``(R, 2**n)``: the diagonal of every observable (for a class readout,
+            1 where a basis state votes for the class).
     """
 
-    onehot: np.ndarray
+    observables: np.ndarray
 
     @classmethod
     def of(cls, outcome_class: np.ndarray, n_classes: int) -> Readout:
         """Build the readout of a class map (the class of every basis state)."""
-        return cls(onehot=np.eye(n_classes)[outcome_class].T.copy())
+        return cls(observables=np.eye(n_classes)[outcome_class].T.copy())
 
     def __call__(self, amplitudes: np.ndarray, consume: bool = True) -> np.ndarray:
-        """Class probabilities ``(M, L, K)`` of complex states ``(M, 2**n, L)``.
+        """Expectation values ``(M, L, R)`` of complex states ``(M, 2**n, L)``.
 
         With ``consume`` (the default) the amplitudes are squared in place (no temporaries of
         their size); without it they are left as they are.
@@ -396,9 +400,9 @@ class Readout:
         n_points, _, n_samples = amplitudes.shape
         parts = np.ascontiguousarray(amplitudes).view(np.float64)  # (M, 2**n, 2L): re, im
         parts = np.square(parts, out=parts if consume else None)
-        per_part = np.matmul(self.onehot, parts)  # (M, K, 2L)
-        probabilities = per_part.reshape(n_points, -1, n_samples, 2).sum(axis=-1)
-        return np.ascontiguousarray(probabilities.transpose(0, 2, 1))
+        per_part = np.matmul(self.observables, parts)  # (M, R, 2L)
+        values = per_part.reshape(n_points, -1, n_samples, 2).sum(axis=-1)
+        return np.ascontiguousarray(values.transpose(0, 2, 1))
 
 
 def parallel_map(function: Callable[[Any], None], items: Sequence[Any], threads: int) -> None:

@@ -2,10 +2,14 @@
 
 Each optimizer step makes ONE batched evaluator call: the current weights (on the training and
 the validation samples) plus, for SPSA, the two perturbed points, or for Adam with parameter
-shift all ``2P`` shifted weight points. Adam's other gradient, the adjoint method of the exact
-numpy engine, needs only the current point: one forward pass that keeps each layer's input and
-one backward sweep give the gradient of every weight. The loss is the mean cross-entropy of the
-class probabilities.
+shift all ``2P`` shifted points of the circuit's ``P`` weights. Adam's other gradient, the
+adjoint method of the exact numpy engine, needs only the current point: one forward pass that
+keeps each layer's input and one backward sweep give the gradient of every weight. The loss is
+the mean cross-entropy of the class probabilities.
+
+The weights the optimizers see are the circuit's followed by the readout head's (none for the
+Hamming-weight readout; see :mod:`qmlops.readout`). Both of Adam's gradients shift or sweep the
+circuit's weights only and reach the head's by the chain rule through the softmax.
 """
 
 from __future__ import annotations
@@ -160,6 +164,42 @@ class Objective:
         )
         return gradient, self._record(probabilities, others[0][0] if others else None)
 
+    def parameter_shift_gradient(self, weights: np.ndarray) -> tuple[np.ndarray, IterationRecord]:
+        """The exact gradient of the loss at ``weights (P,)`` by the parameter-shift rule.
+
+        The readout values are expectation values, so ``dv/dθ_j = (v(θ + π/2 e_j) -
+        v(θ - π/2 e_j)) / 2`` for every circuit weight; the ``2P_c + 1`` circuit points (and
+        the validation samples) go in one evaluator call, and the loss reaches them and the
+        head's weights through :meth:`~qmlops.readout.ClassReadout.backward`.
+
+        Returns:
+            ``dL/dθ (P,)`` and the record for ``weights``.
+        """
+        readout = self.evaluator.class_readout
+        n_circuit = self.evaluator.spec.n_circuit_weights
+        circuit, head = weights[:n_circuit], weights[n_circuit:]
+        shifts = np.concatenate([np.eye(n_circuit), -np.eye(n_circuit)]) * _SHIFT
+        points = np.concatenate([circuit[None, :], circuit[None, :] + shifts])
+        requests: list[tuple[np.ndarray, ...]] = [
+            (self.features, points) if self.rows is None else (self.features, points, self.rows)
+        ]
+        if self.validation is not None:
+            requests.append((self.validation[0], circuit[None, :]))
+        results = self.evaluator.readout_values(requests)  # type: ignore[arg-type]
+        values = results[0]  # (2P_c + 1, N, R)
+        probabilities = readout.probabilities(values[:1], head[None])[0]
+        validation = None
+        if self.validation is not None:
+            validation = readout.probabilities(results[1][:1], head[None])[0]
+        rows = np.arange(self.targets.shape[0])
+        value_cotangent, head_gradient = readout.backward(
+            values[0], head, cross_entropy_cotangent(self.targets)(probabilities, rows)
+        )
+        shifted = (values[1 : n_circuit + 1] - values[n_circuit + 1 :]) / 2.0  # (P_c, N, R)
+        circuit_gradient = np.einsum("jnr,nr->j", shifted, value_cotangent)
+        gradient = np.concatenate([circuit_gradient, head_gradient])
+        return gradient, self._record(probabilities, validation)
+
     def _record(self, probabilities: np.ndarray, validation: np.ndarray | None) -> IterationRecord:
         """The record of one weight point: training ``(N, K)``, validation probabilities."""
         validation_accuracy = None
@@ -177,6 +217,7 @@ class Objective:
 def steps_per_iteration(optimizer: str, n_weights: int, gradient: str = "parameter_shift") -> int:
     """Weight points evaluated per iteration (for resource estimates).
 
+    ``n_weights`` counts the circuit's weights (the parameter-shift rule shifts those only).
     Adam's adjoint gradient evaluates the current point only (its backward sweep is counted
     in the memory plan, not here).
     """
@@ -332,14 +373,13 @@ def _adam(
     if resumed is not None:
         done, weights, moments = resumed
         first_moment, second_moment = moments["first"], moments["second"]
-    shifts = np.concatenate([np.eye(n_weights), -np.eye(n_weights)]) * _SHIFT
     for t in range(done + 1, maxiter + 1):
         objective.next_batch()
         if gradient_method == "adjoint":
             gradient, entry = objective.loss_gradient(weights)
-            record(entry)
         else:
-            gradient = _parameter_shift_gradient(objective, weights, shifts, record)
+            gradient, entry = objective.parameter_shift_gradient(weights)
+        record(entry)
         first_moment = beta1 * first_moment + (1 - beta1) * gradient
         second_moment = beta2 * second_moment + (1 - beta2) * gradient**2
         corrected_first = first_moment / (1 - beta1**t)
@@ -353,24 +393,6 @@ def _adam(
     objective.next_batch()
     record(objective(weights[None, :])[1])
     return weights
-
-
-def _parameter_shift_gradient(
-    objective: Objective,
-    weights: np.ndarray,
-    shifts: np.ndarray,
-    record: Callable[[IterationRecord], None],
-) -> np.ndarray:
-    """The loss gradient from ``2P`` shifted points, evaluated with ``weights`` in one call."""
-    n_weights = weights.shape[0]
-    rows = np.arange(objective.targets.shape[0])
-    points = np.concatenate([weights[None, :], weights[None, :] + shifts])
-    probabilities, entry = objective(points)
-    record(entry)
-    # Parameter shift: dp/dθ_j = (p(θ + π/2 e_j) - p(θ - π/2 e_j)) / 2, exact for these gates.
-    picked = np.clip(probabilities[:, rows, objective.targets], _EPSILON, 1.0)
-    dp = (picked[1 : n_weights + 1] - picked[n_weights + 1 :]) / 2.0  # (P, N)
-    return np.asarray(-(dp / picked[0][None, :]).mean(axis=1))
 
 
 def _spsa(

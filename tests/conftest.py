@@ -112,6 +112,7 @@ def simulator_calls(monkeypatch: pytest.MonkeyPatch) -> Counter[str]:
 
     for owner, method in (
         (CircuitEvaluator, "class_probabilities"),
+        (CircuitEvaluator, "readout_values"),
         (EstimatorV2, "run"),
         (SamplerV2, "run"),
     ):

@@ -31,7 +31,9 @@ EXPECTED_FAILED_CHECKS = {
 @parametrize_with_checks(
     [
         QuantumClassifier(maxiter=3, random_state=0, batch_size=None),
-        QuantumClassifier(maxiter=3, random_state=0, batch_size=None, reuploads=2),
+        QuantumClassifier(
+            maxiter=3, random_state=0, batch_size=None, reuploads=2, readout="z_softmax"
+        ),
     ],
     expected_failed_checks=lambda estimator: EXPECTED_FAILED_CHECKS,
 )

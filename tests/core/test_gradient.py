@@ -139,7 +139,7 @@ def test_adjoint_gradient_of_every_gate_kind(group_qubits: int) -> None:
     matrices = group_matrices(fused, weights[None])
     tape = Tape()
     amplitudes = run_fused(fused, states[None].copy(), matrices=matrices, tape=tape)
-    carried = (per_class @ readout.onehot).T * np.conj(amplitudes[0])
+    carried = (per_class @ readout.observables).T * np.conj(amplitudes[0])
     gradient = weight_gradient(
         fused, weights, group_cotangents(fused, matrices, tape, carried[None])
     )

@@ -4,7 +4,8 @@ The gradient is read back from the training itself: after one Adam step the chec
 the first moment ``(1 - beta1) * g`` and the second ``(1 - beta2) * g**2`` (moments start at
 zero), so ``g`` is exactly what the training code computed, with nothing re-derived here. The
 finite difference is taken on the same mini-batch the step used (seen by wrapping the
-evaluator) with an independent evaluator, at the fit's initial weights.
+evaluator) with an independent evaluator, at the fit's initial weights, the ``z_softmax``
+readout's head weights included.
 """
 
 from __future__ import annotations
@@ -39,26 +40,33 @@ def _finite_difference_gradient(
     return (losses[:n_weights] - losses[n_weights:]) / (2 * step)
 
 
+@pytest.mark.parametrize("readout", ["hamming_weight", "z_softmax"])
 @pytest.mark.parametrize("gradient", ["adjoint", "parameter_shift"])
 @pytest.mark.parametrize("ansatz", ["real_amplitudes", "efficient_su2"])
 def test_adam_gradient_of_a_real_fit_equals_finite_differences(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ansatz: str, gradient: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, ansatz: str, gradient: str, readout: str
 ) -> None:
     # Given three classes on two qubits and a mini-batch smaller than the data
     X, y = blobs(30, 2, 3)
     requests: list[tuple] = []
     original = CircuitEvaluator.class_probabilities
+    original_values = CircuitEvaluator.readout_values
     original_adjoint = CircuitEvaluator.loss_gradient
 
     def recording(self: CircuitEvaluator, batch):  # type: ignore[no-untyped-def]
         requests.extend(batch)
         return original(self, batch)
 
+    def recording_values(self: CircuitEvaluator, batch):  # type: ignore[no-untyped-def]
+        requests.extend(batch)  # parameter shift: circuit weight points only
+        return original_values(self, batch)
+
     def recording_adjoint(self, features, weights, cotangent, rows=None, requests_=()):  # type: ignore[no-untyped-def]
         requests.append((features, weights[None, :], rows))
         return original_adjoint(self, features, weights, cotangent, rows, requests_)
 
     monkeypatch.setattr(CircuitEvaluator, "class_probabilities", recording)
+    monkeypatch.setattr(CircuitEvaluator, "readout_values", recording_values)
     monkeypatch.setattr(CircuitEvaluator, "loss_gradient", recording_adjoint)
     store = CheckpointStore(tmp_path, "gradient", every=1)
 
@@ -71,6 +79,7 @@ def test_adam_gradient_of_a_real_fit_equals_finite_differences(
         batch_size=BATCH,
         backend="numpy",
         gradient=gradient,
+        readout=readout,
         random_state=5,
     ).fit(X, y, checkpoint=store)
     assert clf.gradient_ == gradient
@@ -78,7 +87,7 @@ def test_adam_gradient_of_a_real_fit_equals_finite_differences(
     # Then the gradient it used equals the finite-difference gradient on that mini-batch
     features, points, rows = requests[0]
     assert len(rows) == BATCH  # a real mini-batch, not the whole training set
-    np.testing.assert_array_equal(points[0], clf.initial_weights_)
+    np.testing.assert_array_equal(points[0], clf.initial_weights_[: points.shape[1]])
     snapshot = store.load_latest()
     assert snapshot is not None
     assert snapshot.iteration == 1
@@ -86,7 +95,8 @@ def test_adam_gradient_of_a_real_fit_equals_finite_differences(
     second = np.asarray(snapshot.state["moments"]["second"])
     gradient = first / (1 - BETA1)
     targets = np.searchsorted(clf.classes_, y)[rows]
-    expected = _finite_difference_gradient(clf.spec_, features[rows], targets, points[0])
+    expected = _finite_difference_gradient(clf.spec_, features[rows], targets, clf.initial_weights_)
+    assert gradient.shape == (clf.spec_.n_weights,)
     assert clf.spec_.n_classes == 3
     assert np.max(np.abs(expected)) > 1e-2  # a gradient worth comparing
     np.testing.assert_allclose(gradient, expected, rtol=1e-6, atol=1e-8)

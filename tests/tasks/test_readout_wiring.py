@@ -1,0 +1,19 @@
+"""The readout setting reaches the estimator and the MLflow params.
+
+The command line option is in ``tests/test_cli_mapping.py``; the cache and checkpoint keys
+cover every circuit field in ``tests/tasks/test_cache_keys.py``.
+"""
+
+from __future__ import annotations
+
+from qmlops.config import CircuitConfig, TrainingConfig
+from tasks.tracking.records import config_params
+from tasks.training import build_classifier
+
+
+def test_the_readout_setting_builds_the_estimator_and_is_logged() -> None:
+    circuit = CircuitConfig(n_qubits=2, readout="z_softmax")
+    assert build_classifier(circuit, TrainingConfig()).readout == "z_softmax"
+    assert build_classifier(CircuitConfig(), TrainingConfig()).readout == "hamming_weight"
+    params = {p.key: p.value for p in config_params({"circuit": circuit.model_dump()}, {})}
+    assert params["circuit.readout"] == "z_softmax"
