@@ -232,21 +232,23 @@ def test_early_stopping_resumes_from_a_checkpoint_exactly(tmp_path: Path) -> Non
     params = {"maxiter": 40, "learning_rate": 0.3, "batch_size": 8, "random_state": 3}
     params |= {"early_stopping": True, "n_iter_no_change": 4, "tol": 0.0, "ansatz_reps": 1}
     reference = QuantumClassifier(**params).fit(X, y)
+    # The snapshot at iteration 8 comes after the best iteration (6): the resumed run must
+    # know that best from the snapshot to stop where the uninterrupted one stopped.
     assert reference.stopped_early_
-    assert reference.n_iter_ > 6
+    assert (reference.best_iteration_, reference.n_iter_) == (6, 10)
 
     class Interrupted(Exception):
         pass
 
     def interrupt(record) -> None:
-        if record.iteration == 5:
+        if record.iteration == 9:
             raise Interrupted
 
     store = CheckpointStore(tmp_path, "job", every=2)
     with pytest.raises(Interrupted):
         QuantumClassifier(**params, callback=interrupt).fit(X, y, checkpoint=store)
     resumed = QuantumClassifier(**params).fit(X, y, checkpoint=store)
-    assert resumed.resumed_from_ == 4
+    assert resumed.resumed_from_ == 8
     np.testing.assert_array_equal(resumed.weights_, reference.weights_)
     assert resumed.loss_curve_ == reference.loss_curve_
     assert resumed.best_iteration_ == reference.best_iteration_
