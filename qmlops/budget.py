@@ -26,6 +26,7 @@ from qmlops.noisy import (
     calibration_shots,
     check_device_readout,
 )
+from qmlops.training import calls_per_iteration
 
 __all__ = [
     "BudgetEstimate",
@@ -211,8 +212,9 @@ def plan_device_run(
             raise TypeError("training on a device needs a DeviceClassifier")
         _, resources = classifier.plan(n_train, n_validation, n_features, n_classes)
         training_circuits = resources.circuit_evaluations
-        # One batched sampler call per optimizer iteration, plus the initial point.
-        training_calls = classifier.maxiter + 1
+        # One batched sampler call per optimizer iteration (L-BFGS: per evaluation, a few
+        # an iteration), plus the final point.
+        training_calls = classifier.maxiter * calls_per_iteration(classifier.optimizer) + 1
     estimate = estimate_device_budget(
         device,
         shots=config.shots,

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 from sklearn.base import BaseEstimator, ClassifierMixin
+from sklearn.model_selection import train_test_split
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import check_is_fitted, check_random_state, validate_data
 
@@ -31,11 +32,17 @@ from qmlops.simulation import (
     planned_backend,
 )
 from qmlops.training import (
+    CLASS_WEIGHTS,
+    GRADIENT_OPTIMIZERS,
     GRADIENTS,
     OPTIMIZERS,
+    SCHEDULES,
+    EarlyStopping,
     IterationRecord,
     Objective,
     ProgressCallback,
+    calls_per_iteration,
+    class_weights,
     optimize,
     steps_per_iteration,
 )
@@ -67,14 +74,39 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         readout: ``"hamming_weight"`` (default: each measured bitstring votes for class
             ``popcount mod n_classes``) or ``"z_softmax"`` (every qubit's Pauli-Z expectation
             feeds a trainable softmax layer, trained jointly with the circuit).
-        optimizer: ``"adam"`` (exact gradients, see ``gradient``), ``"spsa"`` or ``"cobyla"``.
-        maxiter: Optimizer iterations (COBYLA: objective evaluations).
-        learning_rate: Adam step size, SPSA initial gain, COBYLA initial trust radius.
+        optimizer: ``"adam"`` (exact gradients, see ``gradient``), ``"lbfgs"`` (SciPy's
+            L-BFGS-B on all samples with the same exact gradient; needs ``shots=None``),
+            ``"spsa"`` or ``"cobyla"``.
+        maxiter: Optimizer iterations (COBYLA: objective evaluations). L-BFGS makes at most
+            3 function-and-gradient evaluations per iteration and may stop sooner when it
+            converges.
+        learning_rate: Adam step size, SPSA initial gain, COBYLA initial trust radius
+            (unused by L-BFGS).
         batch_size: Training samples per Adam/SPSA step (a seeded mini-batch drawn each step);
-            ``None`` uses all samples. COBYLA always uses all samples.
+            ``None`` uses all samples. COBYLA and L-BFGS always use all samples.
+        learning_rate_schedule: Adam's step size over the ``maxiter`` steps: ``"cosine"``
+            (default) from ``learning_rate`` down to a tenth of it along half a cosine,
+            ``"exponential"`` between the same endpoints geometrically, or ``"constant"``
+            (see :func:`qmlops.training.scheduled_learning_rate`). SPSA keeps Spall's own
+            decaying gains; COBYLA and L-BFGS have no step size to schedule.
+        early_stopping: Stop when the validation loss has not improved by ``tol`` for
+            ``n_iter_no_change`` iterations and keep the weights with the lowest validation
+            loss (Adam, SPSA and L-BFGS). The validation data are those passed to ``fit``,
+            else a stratified ``validation_fraction`` of the training data drawn with
+            ``random_state`` (and then not trained on).
+        validation_fraction: Share of the training data held out for early stopping when
+            ``fit`` gets no validation data.
+        n_iter_no_change: Iterations without improvement before early stopping.
+        tol: Improvement of the validation loss that counts for early stopping.
+        class_weight: ``None``, ``"balanced"`` or a dict ``{label: weight}`` (labels left
+            out weigh 1): each sample's loss term is multiplied by its class's weight,
+            ``n_samples / (n_classes * count(its class))`` in the training data for
+            ``"balanced"`` (scikit-learn's semantics), in the loss and in its exact gradient
+            alike. The dict form is the estimator's only (the flow configuration offers
+            ``None`` and ``"balanced"``).
         shots: ``None`` for exact probabilities, else measurement shots per circuit.
         backend: ``"auto"``, ``"numpy"`` or ``"aer"`` (see :mod:`qmlops.simulation`).
-        gradient: Adam's gradient. ``"adjoint"``: the adjoint method of the exact numpy
+        gradient: Adam's and L-BFGS's gradient. ``"adjoint"``: the adjoint method of the exact numpy
             engine (one forward pass and one backward sweep, whatever the number of weights);
             ``"parameter_shift"``: ``2P + 1`` evaluated weight points per step, for shots and
             Aer; ``"auto"`` (default): adjoint wherever the numpy engine runs, parameter shift
@@ -104,11 +136,20 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         train_accuracy_curve_: Training accuracy at the same points.
         validation_accuracy_curve_: Validation accuracy at the same points (empty without
             validation data).
-        n_iter_: Iterations run.
+        validation_loss_curve_: Validation loss at the same points (empty without
+            validation data).
+        n_iter_: Iterations run (fewer than ``maxiter`` when early stopping or L-BFGS's
+            convergence ended training). When early stopping restored earlier weights, the
+            curves hold one more entry: those weights, measured on all training samples.
+        best_iteration_: With early stopping, the iteration whose weights were kept (its
+            index in the curves); ``None`` without.
+        best_validation_loss_: Their validation loss; ``None`` without early stopping.
+        stopped_early_: Whether early stopping ended training before ``maxiter``.
+        class_weight_: The weight of each class (in ``classes_`` order) in the loss.
         resumed_from_: Iterations restored from a checkpoint (``0``: trained from the start).
         backend_: Engine that ran the simulation (``"numpy"`` or ``"aer"``).
-        gradient_: Adam's gradient method (``"adjoint"`` or ``"parameter_shift"``); ``None``
-            for the other optimizers.
+        gradient_: Adam's or L-BFGS's gradient method (``"adjoint"`` or
+            ``"parameter_shift"``); ``None`` for the other optimizers.
         circuit_evaluations_: Circuits executed during ``fit``.
         primitive_calls_: Batched simulator calls during ``fit``.
         fit_time_: Wall time of ``fit`` in seconds.
@@ -127,6 +168,12 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         maxiter: int = 100,
         learning_rate: float = 0.1,
         batch_size: int | None = 48,
+        learning_rate_schedule: str = "cosine",
+        early_stopping: bool = False,
+        validation_fraction: float = 0.1,
+        n_iter_no_change: int = 10,
+        tol: float = 1e-4,
+        class_weight: str | dict[Any, float] | None = None,
         shots: int | None = None,
         backend: str = "auto",
         gradient: str = "auto",
@@ -147,6 +194,12 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         self.maxiter = maxiter
         self.learning_rate = learning_rate
         self.batch_size = batch_size
+        self.learning_rate_schedule = learning_rate_schedule
+        self.early_stopping = early_stopping
+        self.validation_fraction = validation_fraction
+        self.n_iter_no_change = n_iter_no_change
+        self.tol = tol
+        self.class_weight = class_weight
         self.shots = shots
         self.backend = backend
         self.gradient = gradient
@@ -176,6 +229,47 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
                 "gradient='adjoint' needs exact simulation on the numpy engine (shots=None, "
                 "backend 'auto' or 'numpy'); use gradient='parameter_shift' or 'auto'"
             )
+        if self.optimizer == "lbfgs" and self.shots is not None:
+            raise ConfigurationError(
+                "optimizer='lbfgs' needs exact gradients (shots=None); sampled losses and "
+                "gradients break its line search: use adam or spsa with shots"
+            )
+        if self.learning_rate_schedule not in SCHEDULES:
+            raise ConfigurationError(
+                f"unknown learning_rate_schedule {self.learning_rate_schedule!r}; choose one "
+                f"of {', '.join(SCHEDULES)}"
+            )
+        if isinstance(self.class_weight, dict):
+            if not all(
+                isinstance(value, int | float) and np.isfinite(value) and value >= 0
+                for value in self.class_weight.values()
+            ):
+                raise ConfigurationError(
+                    f"class_weight values must be finite numbers >= 0, got {self.class_weight!r}"
+                )
+        elif self.class_weight is not None and self.class_weight not in CLASS_WEIGHTS:
+            raise ConfigurationError(
+                f"unknown class_weight {self.class_weight!r}; choose None, "
+                f"{', '.join(CLASS_WEIGHTS)} or a dict of label to weight"
+            )
+        if not isinstance(self.early_stopping, bool | np.bool_):
+            raise ConfigurationError(
+                f"early_stopping must be True or False, got {self.early_stopping!r}"
+            )
+        if self.early_stopping and self.optimizer == "cobyla":
+            raise ConfigurationError(
+                "early_stopping needs optimizer 'adam', 'spsa' or 'lbfgs' (COBYLA already "
+                "returns the best point it evaluated)"
+            )
+        if not (
+            isinstance(self.validation_fraction, int | float) and 0 < self.validation_fraction < 1
+        ):
+            raise ConfigurationError(
+                f"validation_fraction must be in (0, 1), got {self.validation_fraction!r}"
+            )
+        check_integer("n_iter_no_change", self.n_iter_no_change, 1, MAX_ITERATIONS)
+        if not (isinstance(self.tol, int | float) and np.isfinite(self.tol) and self.tol >= 0):
+            raise ConfigurationError(f"tol must be a finite number >= 0, got {self.tol!r}")
         check_integer("maxiter", self.maxiter, 1, MAX_ITERATIONS)
         check_integer("simulator_threads", self.simulator_threads, 0, 1024)
         if self.batch_size is not None:
@@ -250,16 +344,19 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             raise ValueError(
                 f"the training data hold only 1 class ({self.classes_[0]}); need at least 2"
             )
+        n_classes = self.classes_.shape[0]
         n_validation = 0 if validation_data is None else len(validation_data[0])
-        spec, _ = self.plan(X.shape[0], n_validation, X.shape[1], self.classes_.shape[0])
+        spec, _ = self.plan(X.shape[0], n_validation, X.shape[1], n_classes)
+        rng = check_random_state(self.random_state)
+        seed = int(rng.randint(2**31 - 1))
         validation = None
         if validation_data is not None:
             X_val = validate_data(self, validation_data[0], reset=False)
             y_val = np.asarray(validation_data[1])
             known = np.isin(y_val, self.classes_)
             validation = (X_val[known], np.searchsorted(self.classes_, y_val[known]))
-        rng = check_random_state(self.random_state)
-        seed = int(rng.randint(2**31 - 1))
+        elif self.early_stopping:
+            X, targets, validation = _held_out(X, targets, self.validation_fraction, seed)
         evaluator = self._evaluator(spec, seed=seed)
 
         generator = np.random.default_rng(seed)
@@ -269,11 +366,31 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
                 spec.class_readout().initial_head(generator),
             ]
         )
-        batch_size = None if self.optimizer == "cobyla" else self.batch_size
-        objective = Objective(evaluator, X, targets, validation, batch_size, generator)
+        batch_size = None if self.optimizer in ("cobyla", "lbfgs") else self.batch_size
+        if isinstance(self.class_weight, dict):
+            # Scikit-learn's dict form: weights by label, 1 for the labels it leaves out.
+            self.class_weight_ = np.array(
+                [float(self.class_weight.get(label, 1.0)) for label in self.classes_]
+            )
+        else:
+            self.class_weight_ = class_weights(self.class_weight, targets, n_classes)
+        objective = Objective(
+            evaluator,
+            X,
+            targets,
+            validation,
+            batch_size,
+            generator,
+            class_weights=None if self.class_weight is None else self.class_weight_,
+        )
         gradient = self._gradient_method(evaluator.backend)
         if gradient is not None:
-            logger.info("Adam gradient: %s on the %s engine", gradient, evaluator.backend)
+            logger.info(
+                "%s gradient: %s on the %s engine", self.optimizer, gradient, evaluator.backend
+            )
+        stopping = (
+            EarlyStopping(self.n_iter_no_change, float(self.tol)) if self.early_stopping else None
+        )
         result = optimize(
             objective,
             initial,
@@ -284,11 +401,17 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             callback=self.callback,
             checkpoint=checkpoint,
             gradient=gradient or "parameter_shift",
+            schedule=self.learning_rate_schedule,
+            early_stopping=stopping,
         )
         self._set_fitted(spec, result.weights, evaluator)
         self.resumed_from_ = result.resumed_from
         self.initial_weights_ = initial
         self._set_history(result.history)
+        self.n_iter_ = result.iterations
+        self.best_iteration_ = result.best_iteration
+        self.best_validation_loss_ = None if stopping is None else stopping.best_loss
+        self.stopped_early_ = result.stopped_early
         self.backend_ = evaluator.backend
         self.gradient_ = gradient
         self.circuit_evaluations_ = evaluator.counters.circuit_evaluations
@@ -316,13 +439,13 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         """
         self._check_params()
         spec = self._spec(n_features, n_classes)
+        if self.early_stopping and n_validation == 0:
+            n_validation = _held_out_size(n_samples, n_classes, self.validation_fraction)
+            n_samples -= n_validation
         gradient = self._gradient_method(planned_backend(spec, self.shots, self.backend))
         per_step = steps_per_iteration(self.optimizer, spec.n_circuit_weights, gradient or "")
-        batch = (
-            n_samples
-            if self.optimizer == "cobyla"
-            else min(n_samples, self.batch_size or n_samples)
-        )
+        full_batch = self.optimizer in ("cobyla", "lbfgs")
+        batch = n_samples if full_batch else min(n_samples, self.batch_size or n_samples)
         # The numpy engine keeps every sample's encoded state (and, re-uploading a repeated
         # feature map, its phases); both engines hold a working batch; the adjoint gradient adds
         # its tape (each worker thread's block of samples, per layer).
@@ -332,19 +455,26 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         tape = 0
         if gradient == "adjoint":
             tape = adjoint_states_held(spec, batch, resolve_threads(self.simulator_threads))
+        # The last record (L-BFGS: the initial point, inside its budget of evaluations) and,
+        # with early stopping, the restored weights are measured on all samples.
+        last = steps_per_iteration(self.optimizer, spec.n_weights, gradient or "") // (
+            calls_per_iteration(self.optimizer)
+        )
+        final = (last if self.optimizer == "lbfgs" else 1) * n_samples + n_validation
+        per_iteration = per_step * batch + calls_per_iteration(self.optimizer) * n_validation
         estimate = estimate_resources(
             spec.n_qubits,
             n_states_held=cached + 2 + tape,
-            circuit_evaluations=self.maxiter * (per_step * batch + n_validation)
-            + n_samples
-            + n_validation,
+            circuit_evaluations=self.maxiter * per_iteration
+            + final
+            + (n_samples + n_validation if self.early_stopping else 0),
         )
         check_resources(estimate, self.max_memory_bytes, self.max_circuit_evaluations)
         return spec, estimate
 
     def _gradient_method(self, backend: str) -> str | None:
-        """Adam's gradient method on ``backend``; ``None`` for the other optimizers."""
-        if self.optimizer != "adam":
+        """Adam's or L-BFGS's gradient method on ``backend``; ``None`` for the others."""
+        if self.optimizer not in GRADIENT_OPTIMIZERS:
             return None
         if self.gradient == "auto":
             return "adjoint" if backend == "numpy" else "parameter_shift"
@@ -364,6 +494,9 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         self.train_accuracy_curve_ = [r.train_accuracy for r in history]
         self.validation_accuracy_curve_ = [
             r.validation_accuracy for r in history if r.validation_accuracy is not None
+        ]
+        self.validation_loss_curve_ = [
+            r.validation_loss for r in history if r.validation_loss is not None
         ]
         self.n_iter_ = max(0, len(history) - 1)
 
@@ -448,3 +581,44 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         tags = super().__sklearn_tags__()
         tags.non_deterministic = self.shots is not None
         return tags
+
+
+def _held_out_size(n_samples: int, n_classes: int, fraction: float) -> int:
+    """Samples held out for early stopping: ``ceil(fraction * n_samples)``, checked.
+
+    Raises:
+        ConfigurationError: Unless both parts can hold every class.
+    """
+    held_out = int(np.ceil(fraction * n_samples))
+    if held_out < n_classes or n_samples - held_out < n_classes:
+        raise ConfigurationError(
+            f"validation_fraction={fraction} of {n_samples} samples leaves {held_out} for "
+            f"validation and {n_samples - held_out} for training; early stopping needs at "
+            f"least {n_classes} (one per class) in each: change validation_fraction, or pass "
+            "validation data"
+        )
+    return held_out
+
+
+def _held_out(
+    X: np.ndarray, targets: np.ndarray, fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray]]:
+    """A stratified, seeded validation split of the training data for early stopping.
+
+    Returns:
+        The training features and targets left, and the held-out ``(features, targets)``.
+
+    Raises:
+        ConfigurationError: If a class has too few samples to appear on both sides.
+    """
+    n_classes = int(targets.max()) + 1
+    held_out = _held_out_size(targets.shape[0], n_classes, fraction)
+    if np.bincount(targets).min() < 2:
+        raise ConfigurationError(
+            "early stopping holds out a stratified validation split: every class needs at "
+            "least 2 training samples (or pass validation data)"
+        )
+    X_train, X_val, y_train, y_val = train_test_split(
+        X, targets, test_size=held_out, stratify=targets, random_state=seed
+    )
+    return X_train, y_train, (X_val, y_val)

@@ -196,10 +196,10 @@ def resolve_circuit(circuit: CircuitConfig, n_features: int, n_classes: int) -> 
 class TrainingConfig(_Config):
     """Optimizer and simulator settings."""
 
-    optimizer: Literal["adam", "spsa", "cobyla"] = Field(
+    optimizer: Literal["adam", "spsa", "cobyla", "lbfgs"] = Field(
         "adam",
-        description="adam uses exact gradients (adjoint on the numpy engine, parameter shift "
-        "with shots or Aer).",
+        description="adam and lbfgs use exact gradients (adjoint on the numpy engine, "
+        "parameter shift with shots or Aer); lbfgs is full-batch and needs exact simulation.",
     )
     maxiter: int = Field(
         100, ge=1, le=MAX_ITERATIONS, description="Optimizer iterations (COBYLA: evaluations)."
@@ -209,6 +209,36 @@ class TrainingConfig(_Config):
     )
     batch_size: int | None = Field(
         48, ge=1, le=MAX_BATCH_SIZE, description="Samples per step (empty: the whole training set)."
+    )
+    learning_rate_schedule: Literal["cosine", "constant", "exponential"] = Field(
+        "cosine",
+        description="Adam's step size over the run: cosine or exponential decay to a tenth of "
+        "the learning rate, or constant.",
+    )
+    early_stopping: bool = Field(
+        False,
+        description="Stop when the validation loss stops improving and keep the best weights "
+        "(adam, spsa, lbfgs).",
+    )
+    validation_fraction: float = Field(
+        0.1,
+        gt=0.0,
+        lt=1.0,
+        description="Early stopping without a validation split: training share held out.",
+    )
+    n_iter_no_change: int = Field(
+        10, ge=1, le=MAX_ITERATIONS, description="Early stopping: iterations without improvement."
+    )
+    tol: float = Field(
+        1e-4,
+        ge=0.0,
+        le=10.0,
+        description="Early stopping: validation-loss improvement that counts.",
+    )
+    class_weight: Literal["balanced"] | None = Field(
+        None,
+        description="balanced: weigh each class's loss by n_samples / (n_classes * its count) "
+        "(empty: equal weights).",
     )
     shots: int | None = Field(
         None, ge=1, le=MAX_SHOTS, description="Measurement shots (empty: exact probabilities)."

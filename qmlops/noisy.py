@@ -500,6 +500,11 @@ class DeviceClassifier(QuantumClassifier):
 
     def plan(self, n_samples: int, n_validation: int, n_features: int, n_classes: int) -> Any:
         """As :meth:`QuantumClassifier.plan`, and check the device runs the circuit."""
+        if self.optimizer == "lbfgs":
+            raise ConfigurationError(
+                "optimizer='lbfgs' needs exact gradients; training on a device samples shots: "
+                "use adam or spsa there"
+            )
         spec, estimate = super().plan(n_samples, n_validation, n_features, n_classes)
         check_device_readout(spec.readout)
         device = self._device()

@@ -263,7 +263,7 @@ def _draw(distribution: Distribution, rng: np.random.Generator) -> Scalar:
 
 def _normalise(key: str, value: Scalar) -> Scalar:
     # YAML and the CLI spell exact simulation as null, "exact" or "none".
-    if key in ("shots", "batch_size", "device_shots") and isinstance(value, str):
+    if key in ("shots", "batch_size", "device_shots", "class_weight") and isinstance(value, str):
         if value.lower() in ("exact", "none", "full", ""):
             return None
     return value

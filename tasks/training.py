@@ -158,6 +158,15 @@ def train_classifier(
         logger.warning("skipped a corrupt or truncated checkpoint: %s", path)
     if classifier.resumed_from_:
         logger.info("resumed from the checkpoint at iteration %d", classifier.resumed_from_)
+    if classifier.best_iteration_ is not None:
+        logger.info(
+            "early stopping: %s after %d iterations; kept the weights of iteration %d "
+            "(validation loss %.4f)",
+            "stopped" if classifier.stopped_early_ else "ran all",
+            classifier.n_iter_,
+            classifier.best_iteration_,
+            classifier.best_validation_loss_,
+        )
     logger.info(
         "trained on %s in %.2f s: %d circuit evaluations in %d batched calls",
         classifier.backend_,

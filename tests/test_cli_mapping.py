@@ -65,6 +65,18 @@ TRAIN_OPTIONS: list[tuple[list[str], str, BaseModel]] = [
     (["--learning-rate", "0.05"], "training", TrainingConfig(learning_rate=0.05)),
     (["--batch-size", "16"], "training", TrainingConfig(batch_size=16)),
     (["--batch-size", "none"], "training", TrainingConfig(batch_size=None)),
+    (["--optimizer", "lbfgs"], "training", TrainingConfig(optimizer="lbfgs")),
+    (
+        ["--learning-rate-schedule", "exponential"],
+        "training",
+        TrainingConfig(learning_rate_schedule="exponential"),
+    ),
+    (["--early-stopping"], "training", TrainingConfig(early_stopping=True)),
+    (["--validation-fraction", "0.2"], "training", TrainingConfig(validation_fraction=0.2)),
+    (["--n-iter-no-change", "5"], "training", TrainingConfig(n_iter_no_change=5)),
+    (["--tol", "0.001"], "training", TrainingConfig(tol=0.001)),
+    (["--class-weight", "balanced"], "training", TrainingConfig(class_weight="balanced")),
+    (["--class-weight", "none"], "training", TrainingConfig(class_weight=None)),
     (["--shots", "500"], "training", TrainingConfig(shots=500)),
     (["--backend", "aer"], "training", TrainingConfig(backend="aer")),
     (["--seed", "9"], "training", TrainingConfig(random_state=9)),
@@ -114,7 +126,15 @@ def test_the_width_is_left_to_the_data_unless_given(
 
 @pytest.mark.parametrize(
     "options",
-    [["--maxiter", "0"], ["--qubits", "0"], ["--learning-rate", "11"], ["--test-size", "0.95"]],
+    [
+        ["--maxiter", "0"],
+        ["--qubits", "0"],
+        ["--learning-rate", "11"],
+        ["--test-size", "0.95"],
+        ["--validation-fraction", "1"],
+        ["--n-iter-no-change", "0"],
+        ["--tol", "-1"],
+    ],
 )
 def test_out_of_range_values_are_refused_when_the_parameters_are_built(
     options: list[str],
@@ -124,7 +144,14 @@ def test_out_of_range_values_are_refused_when_the_parameters_are_built(
 
 
 @pytest.mark.parametrize(
-    "options", [["--optimizer", "sgd"], ["--maxiter", "ten"], ["--dataset", "mnist"]]
+    "options",
+    [
+        ["--optimizer", "sgd"],
+        ["--maxiter", "ten"],
+        ["--dataset", "mnist"],
+        ["--learning-rate-schedule", "step"],
+        ["--class-weight", "inverse"],
+    ],
 )
 def test_unknown_choices_and_non_numbers_are_usage_errors(
     options: list[str], capsys: pytest.CaptureFixture[str]
@@ -181,6 +208,31 @@ def test_sweep_axis_options_become_fixed_settings_or_grid_axes() -> None:
     assert params["execution"].runner == "threads"
     assert params["execution"].register_best is False
     assert params["tracking"] == TrackingConfig(experiment="qmlops-sweeps", register_model=False)
+
+
+def test_sweep_axes_over_the_training_options() -> None:
+    params = flow_parameters(
+        [
+            "sweep",
+            "--dataset",
+            "moons",
+            "--optimizer",
+            "adam",
+            "lbfgs",
+            "--early-stopping",
+            "true",
+            "false",
+            "--class-weight",
+            "none",
+            "balanced",
+        ]
+    )
+    space = params["space"]
+    assert space.grid == {
+        "optimizer": ["adam", "lbfgs"],
+        "early_stopping": [True, False],
+        "class_weight": [None, "balanced"],
+    }
 
 
 def test_sweep_execution_and_tracking_options() -> None:

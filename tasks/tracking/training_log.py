@@ -51,20 +51,28 @@ def log_training(run: TrackedRun, classifier: QuantumClassifier) -> None:
         "train_loss": classifier.loss_curve_,
         "train_accuracy": classifier.train_accuracy_curve_,
         "validation_accuracy": classifier.validation_accuracy_curve_,
+        "validation_loss": getattr(classifier, "validation_loss_curve_", []),
     }
     metrics = [
         Metric(key, float(value), now, step)
         for key, values in curves.items()
         for step, value in enumerate(values)
     ]
-    summary = {
+    summary: dict[str, float | None] = {
         "training_time_s": classifier.fit_time_,
         "circuit_evaluations": classifier.circuit_evaluations_,
         "primitive_calls": classifier.primitive_calls_,
         "iterations": classifier.n_iter_,
         **circuit_summary(classifier.spec_),
     }
-    metrics += [Metric(key, float(value), now, 0) for key, value in summary.items()]
+    # Early stopping: where it stopped (``iterations``) and which weights it kept.
+    if getattr(classifier, "best_iteration_", None) is not None:
+        summary["best_iteration"] = classifier.best_iteration_
+        summary["best_validation_loss"] = classifier.best_validation_loss_
+        summary["stopped_early"] = int(classifier.stopped_early_)
+    metrics += [
+        Metric(key, float(value), now, 0) for key, value in summary.items() if value is not None
+    ]
     log_metrics(run, metrics)
     client = run.client()
     client.set_tag(run.run_id, "simulation_backend", classifier.backend_)

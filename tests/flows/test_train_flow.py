@@ -104,6 +104,29 @@ def test_train_flow_records_a_complete_mlflow_run(mlflow_uri: str, tmp_path: Pat
     assert not list(model_dir.rglob("*.pickle"))
 
 
+def test_early_stopping_is_visible_in_the_run(mlflow_uri: str) -> None:
+    # Given early stopping that no improvement satisfies, on the flow's validation split
+    training = SMALL["training"].model_copy(
+        update={"early_stopping": True, "n_iter_no_change": 1, "tol": 10.0}
+    )
+    result = train(
+        **{**SMALL, "training": training},
+        tracking=TrackingConfig(model_name="moons-early", register_model=False),
+    )
+
+    # Then the run records the settings, where training stopped and which weights it kept
+    client = MlflowClient(mlflow_uri)
+    run = client.get_run(result["run_id"])
+    assert run.data.params["training.early_stopping"] == "True"
+    assert run.data.params["training.n_iter_no_change"] == "1"
+    metrics = run.data.metrics
+    assert (metrics["iterations"], metrics["best_iteration"], metrics["stopped_early"]) == (1, 0, 1)
+    losses = client.get_metric_history(run.info.run_id, "validation_loss")
+    # records 0 and 1, then the restored initial weights measured once more
+    assert [m.step for m in losses] == [0, 1, 2]
+    assert metrics["best_validation_loss"] == pytest.approx(losses[0].value)
+
+
 def test_registered_model_predicts_the_same_in_a_fresh_process(
     mlflow_uri: str, tmp_path: Path
 ) -> None:
