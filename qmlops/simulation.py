@@ -71,7 +71,6 @@ from qmlops.statevector import (
     Tape,
     UnsupportedCircuitError,
     Workspace,
-    block_cotangents,
     compile_program,
     encode,
     fuse_program,
@@ -771,12 +770,12 @@ class CircuitEvaluator:
         found: list[list[np.ndarray | None]] = [[] for _ in matrices]
         for block in reversed(range(len(matrices))):
             if block == 0:
-                found[0] = group_cotangents(ansatz, matrices[0], tapes[0], carried, workspace)
+                found[0] = group_cotangents(ansatz, matrices[0], tapes[0], carried, workspace)[0]
                 break
             assert reupload is not None
             assert phases is not None
-            found[block], carried = block_cotangents(
-                ansatz, matrices[block], tapes[block], carried, workspace
+            found[block], carried = group_cotangents(
+                ansatz, matrices[block], tapes[block], carried, workspace, to_input=True
             )
             # A complex sweep carries conj(λ), a real one λ (as float64 views).
             carried = reupload.backward(
@@ -855,7 +854,7 @@ class CircuitEvaluator:
                 carried = carried.view(np.float64) if real else carried
             found[block] = group_cotangents(
                 ansatz, matrices[block], tapes[block], at_unitary, workspace
-            )
+            )[0]
         return found
 
     def _cotangents_by_states(

@@ -141,7 +141,7 @@ def test_adjoint_gradient_of_every_gate_kind(group_qubits: int) -> None:
     amplitudes = run_fused(fused, states[None].copy(), matrices=matrices, tape=tape)
     carried = (per_class @ readout.observables).T * np.conj(amplitudes[0])
     gradient = weight_gradient(
-        fused, weights, group_cotangents(fused, matrices, tape, carried[None])
+        fused, weights, group_cotangents(fused, matrices, tape, carried[None])[0]
     )
     step = 1e-5
     expected = [
