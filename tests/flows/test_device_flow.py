@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from flow_params import small_train
 from mlflow import MlflowClient
 
 from flows.train import train
 from qmlops.budget import BudgetExceededError
 from qmlops.config import (
-    CircuitConfig,
-    DatasetConfig,
     DeviceConfig,
     TrackingConfig,
     TrainingConfig,
@@ -22,12 +21,7 @@ from qmlops_cli import main
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 TOKEN = "tok-81d2c6aa09e4f73b"
-SMALL = {
-    "dataset": DatasetConfig(name="moons", n_samples=40),
-    "circuit": CircuitConfig(n_qubits=2, ansatz_reps=1),
-    "training": TrainingConfig(maxiter=3, batch_size=None, random_state=3),
-    "tracking": TrackingConfig(experiment="devices", register_model=False),
-}
+SMALL = small_train(40, TrackingConfig(experiment="devices", register_model=False))
 CLI_SMALL = ["train", "--dataset", "moons", "--samples", "40", "--qubits", "2", "--maxiter", "1"]
 
 
