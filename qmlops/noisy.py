@@ -92,9 +92,11 @@ def calibration_shots(shots: int) -> int:
     return max(shots, CALIBRATION_SHOTS_MIN)
 
 
-EngineName = Literal["numpy-density-matrix", "aer"]
+EngineName = Literal["numpy-density-matrix", "aer", "given-sampler"]
 DENSITY_MATRIX_ENGINE: EngineName = "numpy-density-matrix"
 AER_ENGINE: EngineName = "aer"
+GIVEN_SAMPLER: EngineName = "given-sampler"
+"""The caller's ``sample_fn`` samples (IBM runtime on hardware)."""
 
 SampleFn = Callable[[Sequence[tuple[Any, np.ndarray]], int, int], list[np.ndarray]]
 """``(pubs, shots, seed) -> packed measurement bits per pub``: one call to a sampler."""
@@ -272,7 +274,8 @@ class DeviceEvaluator(CircuitEvaluator):
         engine: ``"numpy-density-matrix"`` where a simulated device's circuit has at most
             :data:`qmlops.noisy_engine.MAX_ENGINE_QUBITS` active qubits and the lowering knows
             all of it (exact outcome probabilities under the device's Aer noise model, shots
-            drawn from them); ``"aer"`` otherwise (the device's Aer sampler or ``sample_fn``).
+            drawn from them); ``"given-sampler"`` with ``sample_fn`` (IBM hardware); ``"aer"``
+            otherwise (the device's Aer noise simulator samples).
 
     Raises:
         ShotsRequiredError: If ``shots`` is ``None``.
@@ -317,7 +320,7 @@ class DeviceEvaluator(CircuitEvaluator):
         self._hardware_mitigator: Any = None
         self.transpiled = transpile_for_device(device, spec, optimization_level, target)
         self._columns = self._transpiled_columns()
-        self.engine: EngineName = AER_ENGINE
+        self.engine: EngineName = AER_ENGINE if sample_fn is None else GIVEN_SAMPLER
         if sample_fn is None and target is None and self._program() is not None:
             self.engine = DENSITY_MATRIX_ENGINE
 
@@ -431,6 +434,7 @@ class DeviceEvaluation:
         transpiled: Depth, two-qubit gates, layout and optimisation level.
         circuits: Circuits executed.
         primitive_calls: Sampler calls.
+        engine: What sampled the shots (see :attr:`DeviceEvaluator.engine`).
     """
 
     device: str
@@ -440,6 +444,7 @@ class DeviceEvaluation:
     transpiled: dict[str, Any] = field(default_factory=dict)
     circuits: int = 0
     primitive_calls: int = 0
+    engine: str = AER_ENGINE
 
 
 def evaluate_on_device(
@@ -500,6 +505,7 @@ def evaluate_on_device(
         transpiled=evaluator.transpiled.summary(),
         circuits=evaluator.counters.circuit_evaluations,
         primitive_calls=evaluator.counters.primitive_calls,
+        engine=evaluator.engine,
     )
 
 
@@ -534,6 +540,7 @@ class DeviceClassifier(QuantumClassifier):
     Attributes:
         device_: The resolved :class:`~qmlops.devices.Device`.
         transpiled_: Depth, two-qubit gates and layout of the trained circuit on the device.
+        engine_: What sampled the training shots (see :attr:`DeviceEvaluator.engine`).
     """
 
     def __init__(
@@ -611,6 +618,7 @@ class DeviceClassifier(QuantumClassifier):
         assert isinstance(trained_on, DeviceEvaluator)
         self.device_ = trained_on.device
         self.transpiled_ = trained_on.transpiled.summary()
+        self.engine_ = trained_on.engine
         self.backend_ = trained_on.backend
         self._evaluator_ = super()._evaluator(self.spec_, seed=0)
         return self

@@ -101,7 +101,7 @@ def test_sampled_class_frequencies_agree_with_aer_sampler() -> None:
     aer = DeviceEvaluator(
         spec, device, shots=4000, seed=1, sample_fn=noisy._aer_sample_fn(device, 1)
     )
-    assert (ours.engine, aer.engine) == ("numpy-density-matrix", "aer")
+    assert (ours.engine, aer.engine) == ("numpy-density-matrix", "given-sampler")
     (frequencies,) = ours.class_probabilities([(X, weights)])
     (reference,) = aer.class_probabilities([(X, weights)])
     assert frequencies.shape == reference.shape == (2, X.shape[0], 2)
@@ -132,6 +132,7 @@ def test_training_samples_on_the_numpy_engine_once_per_step(
         device="fake_manila", device_shots=256, optimizer="spsa", maxiter=4, random_state=0
     ).fit(X, y)
     assert model.primitive_calls_ == model.maxiter + 1
+    assert model.engine_ == "numpy-density-matrix"
     assert len(calls) == model.maxiter + 1  # one engine call per step, both perturbations in it
     assert calls[1] == 3  # the current point and the two perturbed ones
 
