@@ -75,6 +75,49 @@ class _Phase:
 
     qubit: int
     terms: dict[tuple[int, ...], float]
+    depends_on_point: bool
+
+
+def _fuse(operations: Sequence[_Channel | _Phase]) -> list[_Channel | _Phase]:
+    """Fewer, equivalent operations: one-qubit channels merged into their qubit's next channel.
+
+    A one-qubit channel waits (it commutes with everything on other qubits) until the next
+    operation on its qubit: another one-qubit channel composes with it, a two-qubit channel
+    absorbs it, a phase makes it run first.
+    """
+    fused: list[_Channel | _Phase] = []
+    pending: dict[int, np.ndarray] = {}  # qubit -> matrix (r, c) -> (r', c')
+
+    def flush(qubit: int) -> None:
+        if qubit in pending:
+            fused.append(_Channel((qubit,), pending.pop(qubit).reshape((2,) * 4)))
+
+    for operation in operations:
+        if isinstance(operation, _Phase):
+            flush(operation.qubit)
+            fused.append(operation)
+            continue
+        if len(operation.qubits) == 1:
+            (qubit,) = operation.qubits
+            matrix = operation.tensor.reshape(4, 4)
+            pending[qubit] = matrix @ pending[qubit] if qubit in pending else matrix
+            continue
+        tensor = operation.tensor
+        if len(operation.qubits) == 2:
+            low, high = operation.qubits  # the tensor's bits: high first
+            if high in pending:
+                earlier = pending.pop(high).reshape((2,) * 4)
+                tensor = np.einsum("ABCDefgh,egik->ABCDifkh", tensor, earlier)
+            if low in pending:
+                earlier = pending.pop(low).reshape((2,) * 4)
+                tensor = np.einsum("ABCDefgh,fhjl->ABCDejgl", tensor, earlier)
+        else:
+            for qubit in operation.qubits:
+                flush(qubit)
+        fused.append(_Channel(operation.qubits, np.ascontiguousarray(tensor)))
+    for qubit in sorted(pending):
+        flush(qubit)
+    return fused
 
 
 def _channel_tensor(superop: np.ndarray, n_qubits: int) -> np.ndarray:
@@ -300,7 +343,6 @@ class DensityMatrixProgram:
         self.n_parameters = len(columns)
         point_set = set(point_columns)
         self._operations: list[_Channel | _Phase] = []
-        self._first_point_operation: int | None = None
         measured: dict[int, int] = {}  # clbit -> physical qubit
         # Converting a QuantumError to a channel is slow: once per gate, qubits and angles.
         tensors: dict[tuple[Any, ...], np.ndarray | None] = {}
@@ -323,11 +365,8 @@ class DensityMatrixProgram:
                 if operation.name != "rz":
                     raise UnsupportedCircuitError(f"parameterised {operation.name} is not lowered")
                 terms = _polynomial(operation.params[0], columns)
-                if self._first_point_operation is None and point_set & {
-                    c for monomial in terms for c in monomial
-                }:
-                    self._first_point_operation = len(self._operations)
-                self._operations.append(_Phase(targets[0], terms))
+                depends = bool(point_set & {c for monomial in terms for c in monomial})
+                self._operations.append(_Phase(targets[0], terms, depends))
                 key: tuple[Any, ...] = ("error of", operation.name, qubits)
                 if key not in tensors:
                     error = noise.gate_error(operation.name, qubits)
@@ -349,6 +388,15 @@ class DensityMatrixProgram:
         if set(measured) != set(range(self.n_clbits)):
             raise UnsupportedCircuitError("every clbit must be measured once")
         self._measured_local = tuple(local[measured[c]] for c in range(self.n_clbits))
+        self._operations = _fuse(self._operations)
+        self._first_point_operation = next(
+            (
+                index
+                for index, operation in enumerate(self._operations)
+                if isinstance(operation, _Phase) and operation.depends_on_point
+            ),
+            len(self._operations),
+        )
         self._readout = tuple(noise.readout(measured[c]) for c in range(self.n_clbits))
 
     @property
@@ -382,8 +430,7 @@ class DensityMatrixProgram:
         n = self.n_active
         rho = np.zeros((1,) + (2,) * (2 * n), dtype=np.complex128)
         rho[(0,) * (2 * n + 1)] = 1.0
-        split = len(self._operations) if self._first_point_operation is None else None
-        split = self._first_point_operation if split is None else split
+        split = self._first_point_operation
         # Before the first weight-dependent gate the states depend on the sample only.
         rho = np.repeat(rho, n_samples, axis=0)
         rho = self._run(rho, self._operations[:split], values[0])
