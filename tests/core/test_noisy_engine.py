@@ -20,6 +20,10 @@ from qmlops.noisy import DeviceClassifier, DeviceEvaluator
 from qmlops.noisy_engine import DensityMatrixProgram, UnsupportedCircuitError
 
 DEPOLARIZING = NoiseParameters(0.01, 0.05, 0.03)
+AGREEMENT = {"fake_manila": 5e-9, "fake_perth": 1e-12, "noise:depolarizing": 1e-12}
+"""Largest difference from Aer's density matrix seen: ~1e-9 on fake_manila, where Aer's own
+representation of the errors departs from their Qiskit channels (ours equal those to 1e-12, see
+test_error_channels_equal_qiskit_conversion), round-off on the others."""
 
 
 def _aer_probabilities(device_name: str, circuit, values: np.ndarray, layout) -> np.ndarray:
@@ -77,8 +81,9 @@ def test_exact_probabilities_equal_aer_density_matrix(
         reference = _aer_probabilities(
             device_name, transpiled.circuit, values[point, sample], transpiled.layout
         )
-        # Aer's fake_manila model differs from ours by ~1e-9 (fake_perth: ~1e-15).
-        np.testing.assert_allclose(ours[point, sample], reference, atol=1e-8, rtol=0)
+        np.testing.assert_allclose(
+            ours[point, sample], reference, atol=AGREEMENT[device_name], rtol=0
+        )
 
 
 def test_error_channels_equal_qiskit_conversion() -> None:
