@@ -8,22 +8,25 @@ instruction touches; routing ancillas included, idle device qubits left out):
 * every fixed gate becomes one superoperator, the gate followed by the noise model's error for
   that gate on those physical qubits (a local error if the model has one, else its all-qubit
   error, as Aer chooses), stored as a tensor acting on the row and column axes of its qubits;
-* every parameterised ``rz`` becomes a phase on the density matrix's off-diagonal blocks, with an
-  angle affine in the circuit's parameters (coefficients extracted once, checked to be affine),
-  followed by its error if the model has one;
+* every parameterised ``rz`` becomes a phase on the density matrix's off-diagonal blocks, its
+  angle a polynomial of the circuit's parameters (affine for the ansatz, products of features for
+  the ZZ feature map; extracted once and checked), followed by its error if the model has one;
+* one-qubit channels are merged into their qubit's next channel (see :func:`_fuse`);
 * the final measurements become the exact outcome distribution of the measured clbits, pushed
   through each clbit's readout confusion matrix.
 
 One call evolves the density matrices of every (weight point, sample) pair together, ``complex128``
 arrays ``(batch, 2, ..., 2)`` with one row and one column axis per active qubit, so a training
-step is a few hundred numpy contractions whatever its batch. Operations that precede the first
+step is a few dozen numpy contractions whatever its batch. Operations that precede the first
 weight-dependent gate run once per sample and are shared by every weight point.
+:func:`sample_outcomes` and :func:`pack_outcomes` then draw the shots and pack them as Qiskit's
+sampler does.
 
-The cost of a density matrix grows as ``4**n`` in the active qubits ``n``, Aer's sampler grows
-with the shots; :data:`MAX_ENGINE_QUBITS` is where we stop using this engine (see
-:func:`supports`). Anything the lowering does not know (another parameterised gate, resets,
-mid-circuit measurements, multi-qubit readout errors, custom noise passes) raises
-:class:`UnsupportedCircuitError`, and the caller samples on Aer instead.
+The cost of a density matrix grows as ``4**n`` in the active qubits ``n``;
+:data:`MAX_ENGINE_QUBITS` is where we stop using this engine. Anything the lowering does not know
+(another parameterised gate, resets, delays, mid-circuit measurements, correlated readout errors,
+noise passes other than Aer's relaxation on delays) raises :class:`UnsupportedCircuitError`, and
+the caller samples on Aer instead.
 """
 
 from __future__ import annotations
@@ -52,7 +55,9 @@ and the engine several times faster at 5 (our 2-core development machine)."""
 BATCH_BYTES = 64 * 2**20
 """Density matrices evolved together at most (bytes), so memory stays bounded for large batches."""
 AFFINE_TOLERANCE = 1e-9
+"""Largest difference allowed between an angle and its extracted polynomial at a probe point."""
 MAX_DEGREE = 4
+"""Highest degree of an angle polynomial we extract (the ZZ feature map's is 2)."""
 UNLOWERED = frozenset({"delay", "reset", "initialize", "store"})
 """Instructions refused even where Qiskit gives them a matrix (a delay's is the identity)."""
 
@@ -333,6 +338,7 @@ class DensityMatrixProgram:
     Attributes:
         active_qubits: Physical qubits the program simulates, local qubit ``i`` is entry ``i``.
         n_clbits: Measured classical bits; outcome ``k`` has clbit ``c`` as bit ``c`` of ``k``.
+        n_parameters: Parameter values each circuit takes (``circuit.parameters``' order).
 
     Raises:
         UnsupportedCircuitError: If the circuit or noise model holds something not lowered here,
