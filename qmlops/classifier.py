@@ -162,8 +162,8 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         ansatz: str = "efficient_su2",
         ansatz_reps: int | None = None,
         entanglement: str = "reverse_linear",
-        reuploads: int = 1,
-        readout: str = "hamming_weight",
+        reuploads: int = 2,
+        readout: str = "z_softmax",
         optimizer: str = "adam",
         maxiter: int = 100,
         learning_rate: float = 0.1,
@@ -561,8 +561,10 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         try:
             if state["format_version"] != MODEL_FORMAT_VERSION:
                 raise ModelFormatError(f"unsupported model format {state['format_version']!r}")
-            model = cls(**state["params"])
             spec = CircuitSpec.from_dict(state["spec"])
+            # A model saved before an option existed ran the circuit its description records.
+            params = {"readout": spec.readout, "reuploads": spec.reuploads, **state["params"]}
+            model = cls(**params)
             weights = np.asarray(state["weights"], dtype=np.float64)
             classes = np.asarray(state["classes"])
         except (KeyError, TypeError, ValueError) as error:
