@@ -25,6 +25,7 @@ expectation to a trainable softmax layer.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import asdict, dataclass
 from typing import Any, Literal, get_args
@@ -199,7 +200,8 @@ class CircuitSpec:
     @property
     def n_block_weights(self) -> int:
         """Trainable parameters of one ansatz block."""
-        return int(self.ansatz_circuit().num_parameters)
+        # Read on every evaluator call (input checks): count once, not by building the circuit.
+        return _ansatz_parameters(self.ansatz, self.n_qubits, self.ansatz_reps, self.entanglement)
 
     @property
     def n_circuit_weights(self) -> int:
@@ -233,6 +235,16 @@ def circuit_summary(spec: CircuitSpec) -> dict[str, int]:
         "circuit_parameters": int(spec.n_weights),
         "circuit_gates": int(sum(decomposed.count_ops().values())),
     }
+
+
+@functools.lru_cache(maxsize=256)
+def _ansatz_parameters(ansatz: str, n_qubits: int, reps: int, entanglement: str) -> int:
+    builder = real_amplitudes if ansatz == "real_amplitudes" else efficient_su2
+    return int(
+        builder(
+            n_qubits, reps=reps, entanglement=entanglement, parameter_prefix=WEIGHT_PREFIX
+        ).num_parameters
+    )
 
 
 def available_memory_bytes() -> int:

@@ -31,7 +31,7 @@ from typing import Any, Literal, get_args
 import numpy as np
 
 from qmlops.checkpoint import CheckpointStore
-from qmlops.circuits import CircuitSpec
+from qmlops.circuits import WEIGHT_PREFIX, CircuitSpec
 from qmlops.classifier import QuantumClassifier
 from qmlops.devices import (
     Device,
@@ -44,6 +44,12 @@ from qmlops.devices import (
 )
 from qmlops.errors import ConfigurationError, SimulationError
 from qmlops.metrics import classification_metrics
+from qmlops.noisy_engine import (
+    DensityMatrixProgram,
+    UnsupportedCircuitError,
+    pack_outcomes,
+    sample_outcomes,
+)
 from qmlops.readout import z_eigenvalues
 from qmlops.simulation import CircuitEvaluator, class_frequencies, z_expectations
 
@@ -70,6 +76,12 @@ def calibration_shots(shots: int) -> int:
     """Shots per readout-calibration circuit: the run's shots, at least 1000."""
     return max(shots, CALIBRATION_SHOTS_MIN)
 
+
+EngineName = Literal["numpy-density-matrix", "aer", "given-sampler"]
+DENSITY_MATRIX_ENGINE: EngineName = "numpy-density-matrix"
+AER_ENGINE: EngineName = "aer"
+GIVEN_SAMPLER: EngineName = "given-sampler"
+"""The caller's ``sample_fn`` samples (IBM runtime on hardware)."""
 
 SampleFn = Callable[[Sequence[tuple[Any, np.ndarray]], int, int], list[np.ndarray]]
 """``(pubs, shots, seed) -> packed measurement bits per pub``: one call to a sampler."""
@@ -188,6 +200,26 @@ def _simulator_mitigator(device: Device, layout: tuple[int, ...], shots: int) ->
     return calibrated_mitigator(device_simulator(device), layout, shots)
 
 
+@functools.lru_cache(maxsize=16)
+def _density_matrix_program(
+    device: Device, spec: CircuitSpec, optimization_level: int
+) -> DensityMatrixProgram | None:
+    """The device circuit lowered for the numpy engine, or ``None`` where Aer must sample it."""
+    transpiled = transpile_for_device(device, spec, optimization_level)
+    circuit = transpiled.circuit
+    point_columns = [
+        i
+        for i, parameter in enumerate(circuit.parameters)
+        if parameter.name.startswith(WEIGHT_PREFIX)
+    ]
+    try:
+        return DensityMatrixProgram(
+            circuit, device_simulator(device).options.noise_model, point_columns
+        )
+    except UnsupportedCircuitError:
+        return None
+
+
 def _aer_sample_fn(device: Device, threads: int) -> SampleFn:
     def sample(pubs: Sequence[tuple[Any, np.ndarray]], shots: int, seed: int) -> list[np.ndarray]:
         from qiskit_aer.primitives import SamplerV2
@@ -216,11 +248,19 @@ class DeviceEvaluator(CircuitEvaluator):
         optimization_level: Transpiler optimisation level, 0 to 3.
         mitigation: ``"none"`` or ``"readout"`` (mthree).
         simulator_threads: Threads Aer may use (``0``: automatic).
-        sample_fn: Runs one sampler call (default: the device's Aer noise simulator);
-            :mod:`qmlops.ibm_runtime` passes the IBM runtime's.
+        sample_fn: Runs one sampler call (default: the numpy density-matrix engine where it
+            applies, else the device's Aer noise simulator); :mod:`qmlops.ibm_runtime` passes
+            the IBM runtime's.
         target: Backend to transpile for (default: the device's fake or generic backend); on
             hardware, readout calibration runs there too.
         runtime_mode: IBM runtime Batch or Session of the hardware calibration jobs.
+
+    Attributes:
+        engine: ``"numpy-density-matrix"`` where a simulated device's circuit has at most
+            :data:`qmlops.noisy_engine.MAX_ENGINE_QUBITS` active qubits and the lowering knows
+            all of it (exact outcome probabilities under the device's Aer noise model, shots
+            drawn from them); ``"given-sampler"`` with ``sample_fn`` (IBM hardware); ``"aer"``
+            otherwise (the device's Aer noise simulator samples).
 
     Raises:
         ShotsRequiredError: If ``shots`` is ``None``.
@@ -264,6 +304,12 @@ class DeviceEvaluator(CircuitEvaluator):
         self._hardware_mitigator: Any = None
         self.transpiled = transpile_for_device(device, spec, optimization_level, target)
         self._columns = self._transpiled_columns()
+        self.engine: EngineName = AER_ENGINE if sample_fn is None else GIVEN_SAMPLER
+        if sample_fn is None and target is None and self._program() is not None:
+            self.engine = DENSITY_MATRIX_ENGINE
+
+    def _program(self) -> DensityMatrixProgram | None:
+        return _density_matrix_program(self.device, self.spec, self.optimization_level)
 
     def __getstate__(self) -> dict[str, object]:
         # A sampler may hold a runtime session; unpickled evaluators sample on Aer.
@@ -287,6 +333,13 @@ class DeviceEvaluator(CircuitEvaluator):
     ) -> list[np.ndarray]:
         """Sample every request in one sampler call; packed bits ``(M, N, shots, n_bytes)``."""
         assert self.shots is not None
+        if self.engine == DENSITY_MATRIX_ENGINE:
+            seed = int(self._rng.integers(2**31 - 1))
+            probabilities = self.outcome_probabilities(requests)
+            return [
+                pack_outcomes(sample_outcomes(p, self.shots, seed + i), self.spec.n_qubits)
+                for i, p in enumerate(probabilities)
+            ]
         sample_fn = self._sample_fn or _aer_sample_fn(self.device, self.threads)
         pubs = [
             (self.transpiled.circuit, self._parameter_values(f[r], w)[..., self._columns])
@@ -298,6 +351,24 @@ class DeviceEvaluator(CircuitEvaluator):
             raise
         except Exception as error:  # samplers raise bare exceptions for resource failures
             raise SimulationError(f"sampling on {self.device.name} failed: {error}") from error
+
+    def outcome_probabilities(
+        self, requests: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
+    ) -> list[np.ndarray]:
+        """Exact measured-outcome probabilities before shots, ``(M, N, 2**n_qubits)`` each.
+
+        Readout error included; outcome ``k`` holds classical bit ``c`` as bit ``c`` of ``k``.
+
+        Raises:
+            DeviceError: If this evaluator samples on Aer (see :attr:`engine`).
+        """
+        program = self._program()
+        if self.engine != DENSITY_MATRIX_ENGINE or program is None:
+            raise DeviceError(f"{self.device.name} samples on Aer here, not the numpy engine")
+        return [
+            program.probabilities(self._parameter_values(f[r], w)[..., self._columns])
+            for f, w, r in requests
+        ]
 
     def raw_values(self, packed: np.ndarray) -> np.ndarray:
         """The readout's values estimated from the measured shots, ``(M, N, R)``.
@@ -383,6 +454,7 @@ class DeviceEvaluation:
         transpiled: Depth, two-qubit gates, layout and optimisation level.
         circuits: Circuits executed.
         primitive_calls: Sampler calls.
+        engine: What sampled the shots (see :attr:`DeviceEvaluator.engine`).
     """
 
     device: str
@@ -392,6 +464,7 @@ class DeviceEvaluation:
     transpiled: dict[str, Any] = field(default_factory=dict)
     circuits: int = 0
     primitive_calls: int = 0
+    engine: str = AER_ENGINE
 
 
 def evaluate_on_device(
@@ -456,6 +529,7 @@ def evaluate_on_device(
         transpiled=evaluator.transpiled.summary(),
         circuits=evaluator.counters.circuit_evaluations,
         primitive_calls=evaluator.counters.primitive_calls,
+        engine=evaluator.engine,
     )
 
 
@@ -490,6 +564,7 @@ class DeviceClassifier(QuantumClassifier):
     Attributes:
         device_: The resolved :class:`~qmlops.devices.Device`.
         transpiled_: Depth, two-qubit gates and layout of the trained circuit on the device.
+        engine_: What sampled the training shots (see :attr:`DeviceEvaluator.engine`).
     """
 
     def __init__(
@@ -566,6 +641,7 @@ class DeviceClassifier(QuantumClassifier):
         assert isinstance(trained_on, DeviceEvaluator)
         self.device_ = trained_on.device
         self.transpiled_ = trained_on.transpiled.summary()
+        self.engine_ = trained_on.engine
         self.backend_ = trained_on.backend
         self._evaluator_ = super()._evaluator(self.spec_, seed=0)
         return self

@@ -71,7 +71,6 @@ from qmlops.statevector import (
     Tape,
     UnsupportedCircuitError,
     Workspace,
-    block_cotangents,
     compile_program,
     encode,
     fuse_program,
@@ -153,6 +152,46 @@ class EnginePrograms(NamedTuple):
     ansatz: FusedProgram
     reupload: Reupload | None = None
     phases: Program | None = None
+
+
+class _AdjointSweep(NamedTuple):
+    """What both paths of the adjoint sweep read, and where they write the readout values.
+
+    Attributes:
+        encoded: The encoded states of every row of the features ``(2**n, N)``.
+        phases: Per row, the re-uploads' phases (``None``: one block).
+        rows: The evaluated rows ``(L,)``.
+        matrices: Per ansatz block, its group matrices at one weight point.
+        readout: The readout whose values the loss sees.
+        cotangent: ``dL/dv`` of those values.
+        values: The readout values of the evaluated rows ``(L, R)``, filled by the sweep.
+        real: Whether the ansatz is real (its states are then swept as float64 views).
+    """
+
+    encoded: np.ndarray
+    phases: np.ndarray | None
+    rows: np.ndarray
+    matrices: list[list[np.ndarray]]
+    readout: Readout
+    cotangent: ValueCotangent
+    values: np.ndarray
+    real: bool
+
+    def output_cotangent(self, amplitudes: np.ndarray, positions: np.ndarray) -> np.ndarray:
+        """Readout values of ``positions``; returns what the backward sweep carries at the output.
+
+        With ``v_r = Σ_b O[r, b] |ψ_b|²``, ``dL/dψ_b* = (Σ_r dL/dv_r O[r, b]) ψ_b``.
+
+        Args:
+            amplitudes: The output states of the evaluated rows at ``positions`` ``(1, 2**n, L)``.
+            positions: Their positions among the evaluated rows.
+        """
+        values = self.readout(amplitudes, consume=False)[0]  # (L, R)
+        self.values[positions] = values
+        per_state = np.matmul(self.cotangent(values, positions), self.readout.observables).T
+        if self.real:
+            return (per_state * amplitudes[0]).view(np.float64)
+        return per_state * np.conj(amplitudes[0])
 
 
 @functools.lru_cache(maxsize=64)
@@ -688,20 +727,14 @@ class CircuitEvaluator:
         # The sweep's matrix products are small (a group matrix against a block of states):
         # BLAS threads gain nothing there, and on a busy machine their hand-offs cost more
         # than the products. The engine's own worker threads split large batches instead.
+        sweep = _AdjointSweep(
+            encoded, phases, rows, matrices, readout, value_cotangent, values, ansatz.is_real
+        )
         with single_threaded_blas():
             if self._use_unitary(rows.shape[0], 1):
-                cotangents = self._cotangents_by_unitary(
-                    np.take(encoded, rows, axis=1),
-                    None if phases is None else np.take(phases, rows, axis=1),
-                    matrices,
-                    readout,
-                    value_cotangent,
-                    values,
-                )
+                cotangents = self._cotangents_by_unitary(sweep)
             else:
-                cotangents = self._cotangents_by_states(
-                    encoded, phases, rows, matrices, readout, value_cotangent, values
-                )
+                cotangents = self._cotangents_by_states(sweep)
         probabilities = class_readout.probabilities(values[None], head[None])[0]
         # The head's gradient needs every evaluated row at once (the sweep ran by blocks).
         head_gradient = class_readout.backward(
@@ -771,12 +804,12 @@ class CircuitEvaluator:
         found: list[list[np.ndarray | None]] = [[] for _ in matrices]
         for block in reversed(range(len(matrices))):
             if block == 0:
-                found[0] = group_cotangents(ansatz, matrices[0], tapes[0], carried, workspace)
+                found[0] = group_cotangents(ansatz, matrices[0], tapes[0], carried, workspace)[0]
                 break
             assert reupload is not None
             assert phases is not None
-            found[block], carried = block_cotangents(
-                ansatz, matrices[block], tapes[block], carried, workspace
+            found[block], carried = group_cotangents(
+                ansatz, matrices[block], tapes[block], carried, workspace, to_input=True
             )
             # A complex sweep carries conj(λ), a real one λ (as float64 views).
             carried = reupload.backward(
@@ -785,43 +818,17 @@ class CircuitEvaluator:
             carried = carried.view(np.float64) if real else carried
         return found
 
-    @staticmethod
-    def _output_cotangent(
-        amplitudes: np.ndarray,
-        readout: Readout,
-        cotangent: ValueCotangent,
-        positions: np.ndarray,
-        real: bool,
-        out: np.ndarray,
-    ) -> np.ndarray:
-        """Readout values into ``out``; returns what the backward sweep carries at the output.
-
-        With ``v_r = Σ_b O[r, b] |ψ_b|²``, ``dL/dψ_b* = (Σ_r dL/dv_r O[r, b]) ψ_b``.
-        """
-        values = readout(amplitudes, consume=False)[0]  # (L, R)
-        out[...] = values
-        per_state = np.matmul(cotangent(values, positions), readout.observables).T  # (D, L)
-        if real:
-            return (per_state * amplitudes[0]).view(np.float64)
-        return per_state * np.conj(amplitudes[0])
-
-    def _cotangents_by_unitary(
-        self,
-        states: np.ndarray,
-        phases: np.ndarray | None,
-        matrices: list[list[np.ndarray]],
-        readout: Readout,
-        cotangent: ValueCotangent,
-        out: np.ndarray,
-    ) -> list[list[np.ndarray | None]]:
+    def _cotangents_by_unitary(self, sweep: _AdjointSweep) -> list[list[np.ndarray | None]]:
         """Tape each block on the identity (giving U), then propagate ``dL/dU`` back through it.
 
         Returns:
             Per ansatz block, :func:`group_cotangents`.
         """
         assert self._programs is not None
-        ansatz, reupload = self._programs.ansatz, self._programs.reupload
-        dim, real = states.shape[0], ansatz.is_real
+        ansatz, reupload, matrices = self._programs.ansatz, self._programs.reupload, sweep.matrices
+        states = np.take(sweep.encoded, sweep.rows, axis=1)
+        phases = None if sweep.phases is None else np.take(sweep.phases, sweep.rows, axis=1)
+        dim, real = states.shape[0], sweep.real
         tapes, workspace = self._tapes(), self._workspace()
         identity = np.eye(dim, dtype=np.float64 if real else np.complex128)[None]
         unitaries, inputs = [], []
@@ -837,9 +844,7 @@ class CircuitEvaluator:
             amplitudes = np.matmul(unitary, inputs[-1])
             if real:
                 amplitudes = amplitudes.view(np.complex128)
-        carried = self._output_cotangent(
-            amplitudes[None], readout, cotangent, np.arange(states.shape[1]), real, out
-        )
+        carried = sweep.output_cotangent(amplitudes[None], np.arange(states.shape[1]))
         found: list[list[np.ndarray | None]] = [[] for _ in matrices]
         for block in reversed(range(len(matrices))):
             # conj(dL/dU) = Σ_samples conj(λ) φ^T: column j is the cotangent of U's column j.
@@ -855,27 +860,17 @@ class CircuitEvaluator:
                 carried = carried.view(np.float64) if real else carried
             found[block] = group_cotangents(
                 ansatz, matrices[block], tapes[block], at_unitary, workspace
-            )
+            )[0]
         return found
 
-    def _cotangents_by_states(
-        self,
-        encoded: np.ndarray,
-        phases: np.ndarray | None,
-        rows: np.ndarray,
-        matrices: list[list[np.ndarray]],
-        readout: Readout,
-        cotangent: ValueCotangent,
-        out: np.ndarray,
-    ) -> list[list[np.ndarray | None]]:
+    def _cotangents_by_states(self, sweep: _AdjointSweep) -> list[list[np.ndarray | None]]:
         """Tape and sweep back blocks of samples (over worker threads); sum their cotangents.
 
         Returns:
             Per ansatz block, :func:`group_cotangents` summed over the samples.
         """
-        assert self._programs is not None
-        ansatz = self._programs.ansatz
-        dim, n_samples, real = encoded.shape[0], rows.shape[0], ansatz.is_real
+        encoded, phases, rows, matrices = sweep.encoded, sweep.phases, sweep.rows, sweep.matrices
+        dim, n_samples = encoded.shape[0], rows.shape[0]
         chunk = max(1, min(n_samples, _TAPE_AMPLITUDES // dim))
         starts = list(range(0, n_samples, chunk))
         threads = self.threads if n_samples * dim >= _PARALLEL_MIN_AMPLITUDES else 1
@@ -887,14 +882,7 @@ class CircuitEvaluator:
             columns = None if phases is None else np.take(phases, rows[positions], axis=1)
             tapes = self._tapes()
             amplitudes = self._forward(states, matrices, columns, tapes=tapes)
-            carried = self._output_cotangent(
-                amplitudes,
-                readout,
-                cotangent,
-                positions,
-                real,
-                out[start : start + positions.shape[0]],
-            )
+            carried = sweep.output_cotangent(amplitudes, positions)
             per_block[start] = self._sweep_blocks(matrices, tapes, carried[None], columns)
 
         parallel_map(run_block, starts, threads)

@@ -976,25 +976,8 @@ def group_cotangents(
     tape: Tape,
     cotangent: np.ndarray,
     workspace: Workspace | None = None,
-) -> list[np.ndarray | None]:
-    """The backward sweep of the adjoint method over a fused program run with a tape.
-
-    It stops at the first weighted group: what precedes it has no gradient. See
-    :func:`block_cotangents` for the arguments and for a sweep that goes on to the input.
-
-    Returns:
-        Per group in program order: ``conj(dL/dG)`` ``(2**k, 2**k)``, or ``None`` for a
-        group without weights.
-    """
-    return _sweep(fused, matrices, tape, cotangent, workspace, to_input=False)[0]
-
-
-def block_cotangents(
-    fused: FusedProgram,
-    matrices: Sequence[np.ndarray],
-    tape: Tape,
-    cotangent: np.ndarray,
-    workspace: Workspace | None = None,
+    *,
+    to_input: bool = False,
 ) -> tuple[list[np.ndarray | None], np.ndarray]:
     """The backward sweep of the adjoint method over a fused program run with a tape.
 
@@ -1011,24 +994,15 @@ def block_cotangents(
         cotangent: ``conj(dL/dψ*)`` at the program's output (``dL/dψ*`` for a real program,
             as a float64 view), shaped like the output states ``(1, 2**n, L)``. Overwritten.
         workspace: Buffers for the sweep's passes.
+        to_input: Go on to the program's input, for a sweep that continues over what came
+            before (a re-uploaded feature map and an earlier block); otherwise stop at the
+            first weighted group, since what precedes it has no gradient.
 
     Returns:
         Per group in program order: ``conj(dL/dG)`` ``(2**k, 2**k)``, or ``None`` for a
-        group without weights; and what the sweep carries at the program's input
-        (``conj(dL/dψ*)``, or ``dL/dψ*`` for a real program), for a sweep that continues over
-        what came before (a re-uploaded feature map and an earlier block).
+        group without weights; and what the sweep carries where it stopped (``conj(dL/dψ*)``,
+        or ``dL/dψ*`` for a real program): at the program's input when ``to_input``.
     """
-    return _sweep(fused, matrices, tape, cotangent, workspace, to_input=True)
-
-
-def _sweep(
-    fused: FusedProgram,
-    matrices: Sequence[np.ndarray],
-    tape: Tape,
-    cotangent: np.ndarray,
-    workspace: Workspace | None,
-    to_input: bool,
-) -> tuple[list[np.ndarray | None], np.ndarray]:
     plan = fused.group_plan
     weighted = plan.weighted_groups
     results: list[np.ndarray | None] = [None] * len(matrices)

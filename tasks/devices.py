@@ -82,13 +82,15 @@ def evaluate_on_device(
     )
     mitigated = result.mitigated_metrics.get("accuracy")
     get_run_logger().info(
-        "on %s: test accuracy %.3f%s; transpiled depth %d, %d two-qubit gates, layout %s",
+        "on %s: test accuracy %.3f%s; transpiled depth %d, %d two-qubit gates, layout %s; "
+        "shots sampled by %s",
         result.device,
         result.metrics["accuracy"],
         "" if mitigated is None else f" ({mitigated:.3f} with readout mitigation)",
         result.transpiled["transpiled_depth"],
         result.transpiled["transpiled_two_qubit_gates"],
         result.transpiled["layout"],
+        result.engine,
     )
     return result
 
@@ -134,3 +136,4 @@ def log_device_results(
     else:
         layout = ",".join(str(qubit) for qubit in result.transpiled["layout"])
         client.set_tag(run.run_id, "qmlops.device_layout", layout)
+        client.set_tag(run.run_id, "qmlops.device_engine", result.engine)

@@ -197,6 +197,10 @@ def mlflow_server(
         str(port),
         "--workers",
         str(workers),
+        # As `make serve`: uvicorn restarts a worker that misses a 5 s health check, and on a
+        # busy machine it would kill every worker while it still imports MLflow.
+        "--uvicorn-opts",
+        "--timeout-worker-healthcheck 120",
     ]
     with _service(command, f"http://{LOOPBACK}:{port}", "/health", workdir / "mlflow.log") as svc:
         yield svc

@@ -162,6 +162,7 @@ def test_fake_device_evaluation_is_one_call(either_readout: tuple) -> None:
     result = evaluate_on_device(model, X, y, resolve_device("fake_manila"), shots=256)
     assert result.primitive_calls == 1
     assert result.circuits == X.shape[0]
+    assert result.engine == "numpy-density-matrix"
     assert result.metrics["accuracy"] >= 0.75  # separable data survive Manila's noise
     assert result.transpiled["transpiled_two_qubit_gates"] >= 1
     assert result.mitigated_metrics == {}

@@ -6,8 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from qiskit import QuantumCircuit
-from qiskit.circuit import ParameterVector
+from core_circuits import check_adjoint_gradient, every_stage_circuit, random_states
 
 import qmlops.simulation as simulation
 from qmlops import QuantumClassifier
@@ -24,43 +23,7 @@ from qmlops.statevector import (
     run_fused,
     weight_gradient,
 )
-from qmlops.training import cross_entropy, cross_entropy_cotangent
-
-SHIFT = np.pi / 2
-
-
-def parameter_shift_gradient(
-    evaluator: CircuitEvaluator,
-    features: np.ndarray,
-    weights: np.ndarray,
-    targets: np.ndarray,
-    rows: np.ndarray,
-) -> np.ndarray:
-    """The mean cross-entropy's gradient from 2P shifted points (the trainer's reference rule)."""
-    n_weights = weights.shape[0]
-    shifts = np.concatenate([np.eye(n_weights), -np.eye(n_weights)]) * SHIFT
-    points = np.concatenate([weights[None], weights[None] + shifts])
-    probabilities = evaluator.class_probabilities([(features, points, rows)])[0]
-    picked = np.clip(probabilities[:, np.arange(rows.shape[0]), targets], 1e-10, 1.0)
-    dp = (picked[1 : n_weights + 1] - picked[n_weights + 1 :]) / 2.0
-    return np.asarray(-(dp / picked[0][None, :]).mean(axis=1))
-
-
-def finite_difference_gradient(
-    evaluator: CircuitEvaluator,
-    features: np.ndarray,
-    weights: np.ndarray,
-    targets: np.ndarray,
-    rows: np.ndarray,
-    step: float = 1e-5,
-) -> np.ndarray:
-    n_weights = weights.shape[0]
-    points = np.concatenate(
-        [weights[None] + step * np.eye(n_weights), weights[None] - step * np.eye(n_weights)]
-    )
-    probabilities = evaluator.class_probabilities([(features, points, rows)])[0]
-    losses = cross_entropy(probabilities, targets)
-    return np.asarray((losses[:n_weights] - losses[n_weights:]) / (2 * step))
+from qmlops.training import cross_entropy_cotangent
 
 
 @pytest.mark.parametrize(
@@ -87,47 +50,20 @@ def test_adjoint_gradient_equals_parameter_shift_and_finite_differences(
     labels = rng.integers(0, n_classes, 15)
     weights = rng.uniform(-np.pi, np.pi, spec.n_weights)
     rows = np.sort(rng.choice(15, size=batch, replace=False))
-    targets = labels[rows]
-    evaluator = CircuitEvaluator(spec, backend="numpy")
-    shifted = parameter_shift_gradient(evaluator, features, weights, targets, rows)
-    differences = finite_difference_gradient(evaluator, features, weights, targets, rows)
-    expected = evaluator.class_probabilities([(features, weights[None], rows)])[0][0]
-    # Both paths: by the ansatz unitary (small circuits, many samples) and state by state.
-    for path in ("always", "never"):
-        evaluator.unitary_path = path
-        probabilities, gradient, _ = evaluator.loss_gradient(
-            features, weights, cross_entropy_cotangent(targets), rows
-        )
-        np.testing.assert_allclose(probabilities, expected, atol=1e-12)
-        np.testing.assert_allclose(gradient, shifted, atol=1e-9)
-        np.testing.assert_allclose(gradient, differences, atol=1e-9)
+    shifted = check_adjoint_gradient(spec, features, weights, labels[rows], rows)
     assert np.max(np.abs(shifted)) > 1e-3  # a gradient that is not trivially zero
 
 
 @pytest.mark.parametrize("group_qubits", [1, 3])
 def test_adjoint_gradient_of_every_gate_kind(group_qubits: int) -> None:
-    # Weight rotations of all four kinds (one weight used twice), fixed one-qubit gates, a
-    # permutation and a diagonal stage, on a loss that weighs every basis state.
-    theta = ParameterVector("t", 5)
-    circuit = QuantumCircuit(4)
-    circuit.h(range(4))
-    circuit.rx(theta[0], 0)
-    circuit.ry(theta[1], 1)
-    circuit.rz(theta[2], 2)
-    circuit.p(theta[3], 3)
-    circuit.cx(0, 2)
-    circuit.swap(1, 3)
-    circuit.cz(0, 1)
-    circuit.s(0)
-    circuit.sx(1)
-    circuit.ry(theta[4], 2)
-    circuit.cx(3, 0)
+    # Every kind of stage, then two weights used a second time, on a loss that weighs every
+    # basis state.
+    circuit, theta = every_stage_circuit()
     circuit.rx(theta[0], 3)
     circuit.rz(theta[4], 1)
     fused = fuse_program(compile_program(circuit, weights=list(theta)), group_qubits)
-    rng = np.random.default_rng(5)
-    states = rng.normal(size=(16, 3)) + 1j * rng.normal(size=(16, 3))
-    states /= np.linalg.norm(states, axis=0)
+    states = random_states(4, 3, seed=5)
+    rng = np.random.default_rng(6)
     readout = Readout.of(np.arange(16) % 5, 5)
     per_class = rng.normal(size=(3, 5))  # dL/dp of the linear loss L = Σ per_class * p
 
@@ -135,18 +71,18 @@ def test_adjoint_gradient_of_every_gate_kind(group_qubits: int) -> None:
         amplitudes = run_fused(fused, states[None].copy(), weights[None])
         return float(np.sum(per_class * readout(amplitudes)[0]))
 
-    weights = rng.uniform(-np.pi, np.pi, 5)
+    weights = rng.uniform(-np.pi, np.pi, len(theta))
     matrices = group_matrices(fused, weights[None])
     tape = Tape()
     amplitudes = run_fused(fused, states[None].copy(), matrices=matrices, tape=tape)
     carried = (per_class @ readout.observables).T * np.conj(amplitudes[0])
     gradient = weight_gradient(
-        fused, weights, group_cotangents(fused, matrices, tape, carried[None])
+        fused, weights, group_cotangents(fused, matrices, tape, carried[None])[0]
     )
     step = 1e-5
     expected = [
         (loss(weights + step * unit) - loss(weights - step * unit)) / (2 * step)
-        for unit in np.eye(5)
+        for unit in np.eye(len(theta))
     ]
     np.testing.assert_allclose(gradient, expected, atol=1e-9)
 

@@ -11,10 +11,10 @@ import itertools
 
 import numpy as np
 import pytest
+from core_circuits import check_adjoint_gradient
 from core_data import blobs
 from qiskit import QuantumCircuit
 from qiskit.quantum_info import Statevector
-from test_gradient import finite_difference_gradient, parameter_shift_gradient
 
 import qmlops.simulation as simulation
 from qmlops import QuantumClassifier
@@ -23,7 +23,6 @@ from qmlops.devices import NoiseParameters, resolve_device
 from qmlops.errors import ConfigurationError
 from qmlops.noisy import DeviceEvaluator, measured_circuit
 from qmlops.simulation import CircuitEvaluator, UnsupportedCircuitError, planned_backend
-from qmlops.training import cross_entropy_cotangent
 
 
 def _reference(spec: CircuitSpec, features: np.ndarray, weights: np.ndarray) -> np.ndarray:
@@ -44,6 +43,13 @@ def _reference(spec: CircuitSpec, features: np.ndarray, weights: np.ndarray) -> 
     return out
 
 
+def _reuploaded(n_qubits: int, n_classes: int, *case: str | int) -> CircuitSpec:
+    """``reuploads`` blocks of [feature map, one-repetition ansatz] for a case as in CASES."""
+    names = ("feature_map", "ansatz", "entanglement", "reuploads", "feature_map_reps")
+    fields = dict(zip(names, case, strict=True))
+    return CircuitSpec(n_qubits=n_qubits, n_classes=n_classes, ansatz_reps=1, **fields)
+
+
 CASES = [
     # (feature map, ansatz, entanglement, reuploads, feature-map repetitions)
     *((fm, an, "reverse_linear", 2, 1) for fm, an in itertools.product(("z", "zz"), ANSATZE)),
@@ -58,16 +64,7 @@ CASES = [
 def test_numpy_engine_matches_statevector(
     feature_map: str, ansatz: str, entanglement: str, reuploads: int, fm_reps: int
 ) -> None:
-    spec = CircuitSpec(
-        n_qubits=3,
-        n_classes=3,
-        feature_map=feature_map,
-        feature_map_reps=fm_reps,
-        ansatz=ansatz,
-        ansatz_reps=1,
-        entanglement=entanglement,
-        reuploads=reuploads,
-    )
+    spec = _reuploaded(3, 3, feature_map, ansatz, entanglement, reuploads, fm_reps)
     rng = np.random.default_rng(
         CASES.index((feature_map, ansatz, entanglement, reuploads, fm_reps))
     )
@@ -111,33 +108,13 @@ def test_numpy_engine_matches_aer(feature_map: str) -> None:
 def test_adjoint_gradient_equals_parameter_shift_and_finite_differences(
     feature_map: str, ansatz: str, entanglement: str, fm_reps: int, reuploads: int
 ) -> None:
-    spec = CircuitSpec(
-        n_qubits=4,
-        n_classes=3,
-        feature_map=feature_map,
-        feature_map_reps=fm_reps,
-        ansatz=ansatz,
-        ansatz_reps=1,
-        entanglement=entanglement,
-        reuploads=reuploads,
-    )
+    spec = _reuploaded(4, 3, feature_map, ansatz, entanglement, reuploads, fm_reps)
     rng = np.random.default_rng(reuploads)
     features = rng.uniform(0.0, 2.2, (12, 4))
     weights = rng.uniform(-np.pi, np.pi, spec.n_weights)
     rows = np.sort(rng.choice(12, size=7, replace=False))
     targets = rng.integers(0, 3, 12)[rows]
-    evaluator = CircuitEvaluator(spec, backend="numpy")
-    shifted = parameter_shift_gradient(evaluator, features, weights, targets, rows)
-    differences = finite_difference_gradient(evaluator, features, weights, targets, rows)
-    expected = evaluator.class_probabilities([(features, weights[None], rows)])[0][0]
-    for path in ("always", "never"):
-        evaluator.unitary_path = path
-        probabilities, gradient, _ = evaluator.loss_gradient(
-            features, weights, cross_entropy_cotangent(targets), rows
-        )
-        np.testing.assert_allclose(probabilities, expected, atol=1e-12)
-        np.testing.assert_allclose(gradient, shifted, atol=1e-9, err_msg=path)
-        np.testing.assert_allclose(gradient, differences, atol=1e-8, err_msg=path)
+    shifted = check_adjoint_gradient(spec, features, weights, targets, rows, difference_atol=1e-8)
     # Every block has a gradient (a sweep that stopped at the last block would leave zeros).
     for block in np.split(shifted, reuploads):
         assert np.max(np.abs(block)) > 1e-3

@@ -6,8 +6,7 @@ import itertools
 
 import numpy as np
 import pytest
-from qiskit import QuantumCircuit
-from qiskit.circuit import ParameterVector
+from core_circuits import every_stage_circuit, random_states
 from qiskit.quantum_info import Operator
 
 import qmlops.simulation as simulation
@@ -22,12 +21,6 @@ from qmlops.statevector import (
     run_fused,
     run_program,
 )
-
-
-def random_states(n_qubits: int, columns: int, seed: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    states = rng.normal(size=(2**n_qubits, columns)) + 1j * rng.normal(size=(2**n_qubits, columns))
-    return states / np.linalg.norm(states, axis=0)
 
 
 def as_engine_view(states: np.ndarray, real: bool) -> np.ndarray:
@@ -69,25 +62,7 @@ def test_fused_ansatz_equals_gate_by_gate(
 
 
 def test_fused_program_matches_qiskit_operator_on_mixed_gates() -> None:
-    # Every kind of stage: weight rotations of all four kinds, fixed one-qubit gates,
-    # permutations (cx, swap, x) and diagonals (cz), in an order that interleaves them.
-    theta = ParameterVector("t", 6)
-    circuit = QuantumCircuit(4)
-    circuit.h(range(4))
-    circuit.rx(theta[0], 0)
-    circuit.ry(theta[1], 1)
-    circuit.rz(theta[2], 2)
-    circuit.p(theta[3], 3)
-    circuit.cx(0, 2)
-    circuit.swap(1, 3)
-    circuit.x(2)
-    circuit.cz(0, 1)
-    circuit.cz(2, 3)
-    circuit.s(0)
-    circuit.sx(1)
-    circuit.ry(theta[4], 2)
-    circuit.cx(3, 0)
-    circuit.rx(theta[5], 3)
+    circuit, theta = every_stage_circuit()
     program = compile_program(circuit, weights=list(theta))
     fused = fuse_program(program, group_qubits=3)
     assert {type(stage).__name__ for stage in fused.stages} >= {

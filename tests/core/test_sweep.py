@@ -4,27 +4,25 @@ from __future__ import annotations
 
 import json
 import re
+import textwrap
 from pathlib import Path
 
 import pytest
 
+from qmlops import search_space
 from qmlops.errors import ConfigurationError
 from qmlops.search_space import expand, load_space, override_axes, parse_space, split_seed
 from qmlops.sweep_report import comparison_rows, outcome, select_best, selection_rule
 
-ISSUE_EXAMPLE = """
-dataset: moons
-qubits: 2
-maxiter: 10
-grid:
-  ansatz: [real_amplitudes, efficient_su2]
-  reps: [1, 2]
-"""
+# The space file that qmlops.search_space's docstring shows (indented after "::"), read from
+# there so that the documented example stays true.
+assert search_space.__doc__ is not None
+DOCUMENTED_EXAMPLE = textwrap.dedent(search_space.__doc__.split("::\n\n")[1].split("\n\n")[0])
 
 
-def test_the_issue_example_expands_to_the_grid(tmp_path: Path) -> None:
+def test_the_documented_example_expands_to_the_grid(tmp_path: Path) -> None:
     path = tmp_path / "space.yaml"
-    path.write_text(ISSUE_EXAMPLE)
+    path.write_text(DOCUMENTED_EXAMPLE.split("random:")[0])  # its grid alone
 
     configurations = expand(load_space(path))
 
@@ -39,6 +37,18 @@ def test_the_issue_example_expands_to_the_grid(tmp_path: Path) -> None:
     assert all(c.training.maxiter == 10 for c in configurations)
     assert configurations[1].varied == {"ansatz": "real_amplitudes", "reps": 2}
     assert len({c.data_key for c in configurations}) == 1
+
+
+def test_the_documented_example_samples_every_grid_point(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(DOCUMENTED_EXAMPLE)
+
+    configurations = expand(load_space(path))
+
+    assert len(configurations) == 4 * 4
+    assert all(0.01 <= c.training.learning_rate <= 0.3 for c in configurations)
+    assert {c.training.shots for c in configurations} <= {None, 1024}
+    assert set(configurations[0].varied) == {"ansatz", "reps", "learning_rate", "shots"}
 
 
 def test_json_spaces_and_exact_shots_spellings(tmp_path: Path) -> None:

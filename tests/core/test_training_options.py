@@ -235,6 +235,28 @@ def test_early_stopping_holds_out_a_stratified_seeded_split() -> None:
     assert clf.circuit_evaluations_ == 3 * 30 + 30 + 4 * 10 + (30 + 10) * (clf.n_iter_ < 3)
 
 
+def _fit_interrupted(
+    X: np.ndarray, y: np.ndarray, params: dict, directory: Path, at_iteration: int
+) -> CheckpointStore:
+    """Fit with a checkpoint every 2 iterations until a callback raises at ``at_iteration``.
+
+    Returns:
+        The checkpoint store, for a fit that resumes from it.
+    """
+
+    class Interrupted(Exception):
+        pass
+
+    def interrupt(record) -> None:
+        if record.iteration == at_iteration:
+            raise Interrupted
+
+    store = CheckpointStore(directory, "job", every=2)
+    with pytest.raises(Interrupted):
+        QuantumClassifier(**params, callback=interrupt).fit(X, y, checkpoint=store)
+    return store
+
+
 def test_early_stopping_resumes_from_a_checkpoint_exactly(tmp_path: Path) -> None:
     X, y = noisy_blobs(40)
     params = {"maxiter": 40, "learning_rate": 0.3, "batch_size": 8, "random_state": 3}
@@ -246,17 +268,7 @@ def test_early_stopping_resumes_from_a_checkpoint_exactly(tmp_path: Path) -> Non
     # know that best from the snapshot to stop where the uninterrupted one stopped.
     assert reference.stopped_early_
     assert (reference.best_iteration_, reference.n_iter_) == (6, 10)
-
-    class Interrupted(Exception):
-        pass
-
-    def interrupt(record) -> None:
-        if record.iteration == 9:
-            raise Interrupted
-
-    store = CheckpointStore(tmp_path, "job", every=2)
-    with pytest.raises(Interrupted):
-        QuantumClassifier(**params, callback=interrupt).fit(X, y, checkpoint=store)
+    store = _fit_interrupted(X, y, params, tmp_path, at_iteration=9)
     resumed = QuantumClassifier(**params).fit(X, y, checkpoint=store)
     assert resumed.resumed_from_ == 8
     np.testing.assert_array_equal(resumed.weights_, reference.weights_)
@@ -333,17 +345,7 @@ def test_lbfgs_size_guard_bounds_its_work(binary_data) -> None:
 def test_lbfgs_resumes_from_the_saved_weights(tmp_path: Path) -> None:
     X, y = noisy_blobs(30)
     params = {"optimizer": "lbfgs", "maxiter": 8, "random_state": 3, "ansatz_reps": 1}
-
-    class Interrupted(Exception):
-        pass
-
-    def interrupt(record) -> None:
-        if record.iteration == 5:
-            raise Interrupted
-
-    store = CheckpointStore(tmp_path, "job", every=2)
-    with pytest.raises(Interrupted):
-        QuantumClassifier(**params, callback=interrupt).fit(X, y, checkpoint=store)
+    store = _fit_interrupted(X, y, params, tmp_path, at_iteration=5)
     saved = store.load_latest()
     assert saved is not None
     assert saved.iteration == 4

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from flow_params import small_train
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from prefect.client.orchestration import get_client
@@ -15,12 +16,9 @@ from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
 from flows.score import score
 from flows.train import train
 from qmlops.config import (
-    CircuitConfig,
-    DatasetConfig,
     PromotionConfig,
     ScoringConfig,
     TrackingConfig,
-    TrainingConfig,
 )
 from qmlops.data import load_builtin
 from qmlops.errors import ModelNotFoundError, SchemaMismatchError, UnsafePathError
@@ -28,11 +26,6 @@ from qmlops.errors import ModelNotFoundError, SchemaMismatchError, UnsafePathErr
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 MODEL = "gate-test"
-SMALL = {
-    "dataset": DatasetConfig(name="moons", n_samples=60),
-    "circuit": CircuitConfig(n_qubits=2, ansatz_reps=1),
-    "tracking": TrackingConfig(model_name=MODEL),
-}
 ANY_BASELINE = PromotionConfig(require_beat_baseline=False)
 
 
@@ -41,11 +34,8 @@ def _aliases(client: MlflowClient) -> dict[str, str]:
 
 
 def _train(maxiter: int, promotion: PromotionConfig = ANY_BASELINE) -> dict:
-    return train(
-        **SMALL,
-        training=TrainingConfig(maxiter=maxiter, batch_size=None, random_state=7),
-        promotion=promotion,
-    )
+    small = small_train(60, TrackingConfig(model_name=MODEL), maxiter=maxiter, random_state=7)
+    return train(**small, promotion=promotion)
 
 
 def test_champion_moves_only_to_a_better_version_and_score_uses_it(

@@ -5,13 +5,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+from flow_params import small_train
 from mlflow import MlflowClient
 
 from flows.train import train
 from qmlops.budget import BudgetExceededError
 from qmlops.config import (
-    CircuitConfig,
-    DatasetConfig,
     DeviceConfig,
     TrackingConfig,
     TrainingConfig,
@@ -22,12 +21,7 @@ from qmlops_cli import main
 pytestmark = pytest.mark.usefixtures("prefect_harness")
 
 TOKEN = "tok-81d2c6aa09e4f73b"
-SMALL = {
-    "dataset": DatasetConfig(name="moons", n_samples=40),
-    "circuit": CircuitConfig(n_qubits=2, ansatz_reps=1),
-    "training": TrainingConfig(maxiter=3, batch_size=None, random_state=3),
-    "tracking": TrackingConfig(experiment="devices", register_model=False),
-}
+SMALL = small_train(40, TrackingConfig(experiment="devices", register_model=False))
 CLI_SMALL = ["train", "--dataset", "moons", "--samples", "40", "--qubits", "2", "--maxiter", "1"]
 
 
@@ -70,8 +64,9 @@ def test_ideal_training_evaluated_on_fake_device_with_and_without_mitigation(
     assert run.data.params["device.device"] == "fake_manila"
     assert run.data.tags["qmlops.device"] == "fake_manila"
     assert len(run.data.tags["qmlops.device_layout"].split(",")) == 2
+    assert run.data.tags["qmlops.device_engine"] == "numpy-density-matrix"
     assert result["backend"] == "numpy"  # trained on the exact path
-    assert len(count_aer_runs) == 2  # one evaluation, one calibration
+    assert len(count_aer_runs) == 1  # the readout calibration: the numpy engine sampled the test
 
 
 @pytest.mark.slow

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from flow_params import small_train
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
 from prefect_runs import task_run_counts
@@ -23,12 +24,9 @@ from flows.score import score
 from flows.train import train
 from qmlops.classifier import QuantumClassifier
 from qmlops.config import (
-    CircuitConfig,
-    DatasetConfig,
     PromotionConfig,
     ScoringConfig,
     TrackingConfig,
-    TrainingConfig,
 )
 from qmlops.data import load_builtin
 from qmlops.errors import ModelNotFoundError
@@ -52,10 +50,7 @@ def registry(prefect_harness: None, tmp_path_factory: pytest.TempPathFactory) ->
         patch.setenv("MLFLOW_TRACKING_URI", uri)
         patch.chdir(folder)  # the data root
         trained = train(
-            dataset=DatasetConfig(name="moons", n_samples=60),
-            circuit=CircuitConfig(n_qubits=2, ansatz_reps=1),
-            training=TrainingConfig(maxiter=3, batch_size=None, random_state=5),
-            tracking=TrackingConfig(model_name=MODEL),
+            **small_train(60, TrackingConfig(model_name=MODEL), random_state=5),
             promotion=PromotionConfig(require_beat_baseline=False),
         )
         assert MlflowClient(uri).get_registered_model(MODEL).aliases == {"champion": 1}
