@@ -20,12 +20,7 @@ from qmlops.classifier import QuantumClassifier
 from qmlops.config import DeviceConfig
 from qmlops.devices import Device, NoiseParameters, check_device_fits, resolve_device
 from qmlops.errors import SizeLimitError
-from qmlops.noisy import (
-    CALIBRATION_CIRCUITS_PER_QUBIT,
-    DeviceClassifier,
-    calibration_shots,
-    check_device_readout,
-)
+from qmlops.noisy import CALIBRATION_CIRCUITS_PER_QUBIT, DeviceClassifier, calibration_shots
 from qmlops.training import calls_per_iteration
 
 __all__ = [
@@ -196,14 +191,12 @@ def plan_device_run(
         ``None`` for the ideal device, else the :class:`DevicePlan`.
 
     Raises:
-        InputError: For an unknown device, missing shots or credentials, a readout devices
-            cannot score, a circuit too wide for the device, or an estimate over
-            ``max_shots`` / ``max_qpu_seconds``.
+        InputError: For an unknown device, missing shots or credentials, a circuit too wide
+            for the device, or an estimate over ``max_shots`` / ``max_qpu_seconds``.
     """
     device = device_of(config, environ)
     if device.source == "ideal":
         return None
-    check_device_readout(classifier.readout)
     check_device_fits(device, n_features, config.shots)
     assert config.shots is not None
     training_circuits = training_calls = 0

@@ -13,12 +13,14 @@ repetitions); the circuit has ``R*P`` weights (the readout's head adds its own).
 the plain circuit (feature map, then ansatz). Deeper re-uploaded circuits usually want fewer
 ``ansatz_reps`` per block.
 
-Readout (:mod:`qmlops.readout`): by default a measured bitstring ``b`` votes for class
+Readout (:mod:`qmlops.readout`): with ``"hamming_weight"`` (a description's default, so old
+descriptions load as they were) a measured bitstring ``b`` votes for class
 ``popcount(b) mod n_classes``. For two classes this is the parity of all qubits (a global,
 balanced observable); for ``K`` classes the Hamming weights ``0..n`` are dealt round-robin over
 the classes, which needs ``K <= n_qubits + 1``. A class's score is the total probability of its
 bitstrings, so the scores of one sample are non-negative and sum to one. The ``"z_softmax"``
-readout instead feeds every qubit's Pauli-Z expectation to a trainable softmax layer.
+readout (the classifier's default, with two uploads) instead feeds every qubit's Pauli-Z
+expectation to a trainable softmax layer.
 """
 
 from __future__ import annotations

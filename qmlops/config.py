@@ -135,14 +135,14 @@ class CircuitConfig(_Config):
         "reverse_linear", description="Entangling pattern."
     )
     reuploads: int = Field(
-        1,
+        2,
         ge=1,
         le=MAX_REUPLOADS,
         description="Data re-uploading: blocks of [feature map, ansatz], each ansatz with its own "
         "weights (1: the feature map once). Re-uploaded pauli maps run on Aer.",
     )
     readout: Literal["hamming_weight", "z_softmax"] = Field(
-        "hamming_weight",
+        "z_softmax",
         description="Class readout: hamming_weight (a bitstring votes for its popcount mod "
         "classes) or z_softmax (each qubit's Pauli-Z expectation into a trainable softmax "
         "layer).",

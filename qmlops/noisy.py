@@ -15,9 +15,10 @@ device's noise with shots; once trained it predicts on the exact path, so the mo
 is an ordinary classifier (its weights) and its device results come from
 :func:`evaluate_on_device`.
 
-Devices score the Hamming-weight readout only: class frequencies of the measured bitstrings,
-raw or mitigated. The ``"z_softmax"`` readout is refused (:func:`check_device_readout`) before
-anything is transpiled or sampled.
+Devices score both readouts from the measured bitstrings (classical bit ``q`` holds qubit ``q``
+wherever the layout put it): ``"hamming_weight"`` as the class frequencies of the shots,
+``"z_softmax"`` as each qubit's mean of ``±1`` fed to the model's softmax head. With readout
+mitigation the same values come from mthree's mitigated quasi-distribution.
 """
 
 from __future__ import annotations
@@ -49,7 +50,8 @@ from qmlops.noisy_engine import (
     pack_outcomes,
     sample_outcomes,
 )
-from qmlops.simulation import CircuitEvaluator, class_frequencies
+from qmlops.readout import z_eigenvalues
+from qmlops.simulation import CircuitEvaluator, class_frequencies, z_expectations
 
 __all__ = [
     "MITIGATIONS",
@@ -57,7 +59,6 @@ __all__ = [
     "DeviceEvaluation",
     "DeviceEvaluator",
     "TranspiledCircuit",
-    "check_device_readout",
     "evaluate_on_device",
     "transpile_for_device",
 ]
@@ -69,22 +70,6 @@ SEED_TRANSPILER = 0
 CALIBRATION_SHOTS_MIN = 1000
 CALIBRATION_CIRCUITS_PER_QUBIT = 2
 """mthree's independent calibration prepares each measured qubit in 0 and in 1."""
-
-
-def check_device_readout(readout: str) -> None:
-    """Refuse a readout that device runs cannot score.
-
-    Args:
-        readout: The classifier's readout (see :mod:`qmlops.readout`).
-
-    Raises:
-        ConfigurationError: Unless it is ``"hamming_weight"``.
-    """
-    if readout != "hamming_weight":
-        raise ConfigurationError(
-            f"device runs support the hamming_weight readout only, got readout={readout!r}; "
-            "train with readout='hamming_weight' or use the ideal device"
-        )
 
 
 def calibration_shots(shots: int) -> int:
@@ -297,7 +282,6 @@ class DeviceEvaluator(CircuitEvaluator):
         target: Any = None,
         runtime_mode: Any = None,
     ) -> None:
-        check_device_readout(spec.readout)
         if device.source == "ideal":
             raise DeviceError("the ideal device runs on the exact path, not a DeviceEvaluator")
         if device.is_hardware and sample_fn is None:
@@ -386,12 +370,23 @@ class DeviceEvaluator(CircuitEvaluator):
             for f, w, r in requests
         ]
 
-    def raw_probabilities(self, packed: np.ndarray) -> np.ndarray:
-        """Class frequencies of the measured shots, ``(M, N, n_classes)``."""
+    def raw_values(self, packed: np.ndarray) -> np.ndarray:
+        """The readout's values estimated from the measured shots, ``(M, N, R)``.
+
+        Class frequencies for ``"hamming_weight"``, each qubit's mean of ``±1`` for
+        ``"z_softmax"`` (see :meth:`CircuitEvaluator.readout_values`).
+        """
+        if self.class_readout.name == "z_softmax":
+            return z_expectations(packed, self.spec.n_qubits)
         return class_frequencies(packed, self._outcome_class, self.spec.n_classes)
 
-    def mitigated_probabilities(self, packed: np.ndarray) -> np.ndarray:
-        """Class probabilities after mthree readout mitigation, ``(M, N, n_classes)``."""
+    def mitigated_values(self, packed: np.ndarray) -> np.ndarray:
+        """The readout's values after mthree readout mitigation, ``(M, N, R)``.
+
+        Class probabilities come from the nearest probability distribution to each mitigated
+        quasi-distribution; Pauli-Z expectations from the quasi-distribution itself (mthree's
+        expectation values), clipped to ``[-1, 1]``.
+        """
         from qiskit.primitives import BitArray
 
         assert self.shots is not None
@@ -405,21 +400,46 @@ class DeviceEvaluator(CircuitEvaluator):
         else:
             mitigator = _simulator_mitigator(self.device, self.transpiled.layout, self.shots)
         bits = BitArray(packed, self.spec.n_qubits)
-        cells = [bits[index].get_counts() for index in np.ndindex(*packed.shape[:2])]
-        quasis = mitigator.apply_correction(cells, list(self.transpiled.layout))
+        cells = list(np.ndindex(*packed.shape[:2]))
+        quasis = mitigator.apply_correction(
+            [bits[index].get_counts() for index in cells], list(self.transpiled.layout)
+        )
+        if self.class_readout.name == "z_softmax":
+            signs = z_eigenvalues(self.spec.n_qubits)  # (n_qubits, 2**n_qubits)
+            out = np.zeros(packed.shape[:2] + (self.spec.n_qubits,))
+            for index, quasi in zip(cells, quasis, strict=True):
+                # Keys are bitstrings with classical bit 0 rightmost, as the counts were.
+                outcomes = np.array([int(bitstring, 2) for bitstring in quasi], dtype=np.int64)
+                weights = np.array(list(quasi.values()), dtype=np.float64)
+                out[index] = signs[:, outcomes] @ weights / weights.sum()
+            return np.clip(out, -1.0, 1.0)
         out = np.zeros(packed.shape[:2] + (self.spec.n_classes,))
-        for index, quasi in zip(np.ndindex(*packed.shape[:2]), quasis, strict=True):
+        for index, quasi in zip(cells, quasis, strict=True):
             for bitstring, probability in quasi.nearest_probability_distribution().items():
                 out[index + (self._outcome_class[int(bitstring, 2)],)] += probability
         return out / out.sum(axis=-1, keepdims=True)
+
+    def raw_probabilities(self, packed: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """Class probabilities of the measured shots, ``(M, N, n_classes)``.
+
+        Args:
+            packed: Packed measurement bits ``(M, N, shots, n_bytes)`` of :meth:`sample`.
+            weights: The ``M`` weight points sampled, ``(M, n_weights)``: the head's weights
+                (their trailing part) turn ``"z_softmax"`` values into probabilities.
+        """
+        return self._apply_head(self.raw_values(packed), np.atleast_2d(weights))
+
+    def mitigated_probabilities(self, packed: np.ndarray, weights: np.ndarray) -> np.ndarray:
+        """As :meth:`raw_probabilities`, after mthree readout mitigation."""
+        return self._apply_head(self.mitigated_values(packed), np.atleast_2d(weights))
 
     def _aer_shot_values(
         self, requests: Sequence[tuple[np.ndarray, np.ndarray, np.ndarray]]
     ) -> list[np.ndarray]:
         packed = self.sample(requests)
         if self.mitigation == "readout":
-            return [self.mitigated_probabilities(p) for p in packed]
-        return [self.raw_probabilities(p) for p in packed]
+            return [self.mitigated_values(p) for p in packed]
+        return [self.raw_values(p) for p in packed]
 
 
 @dataclass
@@ -481,7 +501,9 @@ def evaluate_on_device(
         runtime_mode=runtime_mode,
     )
     X = np.asarray(X, dtype=np.float64)
-    checked = [evaluator._check_request(X, classifier.weights_[None, :])]
+    weights = classifier.weights_[None, :]
+    # Sampled with the circuit's weights; the head's (if any) apply to the measured values.
+    checked = [evaluator._circuit_part(evaluator._check_request(X, weights))]
     (packed,) = evaluator.sample(checked)
     evaluator.counters.primitive_calls += 1
     evaluator.counters.circuit_evaluations += X.shape[0]
@@ -498,9 +520,11 @@ def evaluate_on_device(
     return DeviceEvaluation(
         device=device.name,
         shots=evaluator.shots,
-        metrics=score(evaluator.raw_probabilities(packed)[0]),
+        metrics=score(evaluator.raw_probabilities(packed, weights)[0]),
         mitigated_metrics=(
-            score(evaluator.mitigated_probabilities(packed)[0]) if mitigation == "readout" else {}
+            score(evaluator.mitigated_probabilities(packed, weights)[0])
+            if mitigation == "readout"
+            else {}
         ),
         transpiled=evaluator.transpiled.summary(),
         circuits=evaluator.counters.circuit_evaluations,
@@ -581,7 +605,6 @@ class DeviceClassifier(QuantumClassifier):
                 "use adam or spsa there"
             )
         spec, estimate = super().plan(n_samples, n_validation, n_features, n_classes)
-        check_device_readout(spec.readout)
         device = self._device()
         if device.is_hardware:
             raise DeviceError("training on IBM hardware is not supported; train on a simulator")

@@ -4,15 +4,17 @@ Both readouts measure expectation values of diagonal observables, ``v_r = Σ_b O
 (one matrix ``O`` of shape ``(R, 2**n)``), so every engine computes them the same way and
 their derivatives with respect to the circuit's weights follow the parameter-shift rule:
 
-* ``"hamming_weight"`` (the default): a measured bitstring ``b`` votes for class
+* ``"hamming_weight"`` (:class:`~qmlops.circuits.CircuitSpec`'s default, so descriptions saved
+  before the option existed keep it): a measured bitstring ``b`` votes for class
   ``popcount(b) mod n_classes``; ``O`` holds one class projector per row, and the values are
   the class probabilities themselves (no trainable head). For two classes this is the parity of
   all qubits; ``K`` classes need ``K <= n_qubits + 1``.
-* ``"z_softmax"``: the Pauli-Z expectation ``z_q`` of every qubit feeds a trainable classical
-  layer, ``p = softmax(W z + b)`` with ``W`` of shape ``(K, n_qubits)`` and ``b`` of length
-  ``K``. The head's ``K * n_qubits + K`` weights follow the circuit's weights in the flat weight
-  vector the optimizers train (``W`` row by row, then ``b``), and their gradient is analytic.
-  Any number of classes fits any number of qubits.
+* ``"z_softmax"`` (the default of :class:`~qmlops.classifier.QuantumClassifier` and
+  :class:`~qmlops.config.CircuitConfig`): the Pauli-Z expectation ``z_q`` of every qubit
+  feeds a trainable classical layer, ``p = softmax(W z + b)`` with ``W`` of shape
+  ``(K, n_qubits)`` and ``b`` of length ``K``. The head's ``K * n_qubits + K`` weights follow
+  the circuit's weights in the flat weight vector the optimizers train (``W`` row by row, then
+  ``b``), and their gradient is analytic. Any number of classes fits any number of qubits.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import numpy as np
 ReadoutName = Literal["hamming_weight", "z_softmax"]
 READOUTS: tuple[str, ...] = get_args(ReadoutName)
 DEFAULT_READOUT = "hamming_weight"
+"""A circuit description's readout when it names none (descriptions saved before readouts)."""
 
 HEAD_INIT_SCALE = 1.0
 """Spread of the head's initial ``W`` (normal, divided by ``sqrt(n_qubits)``): logits start of

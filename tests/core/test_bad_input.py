@@ -272,11 +272,13 @@ def test_bad_hyper_parameters_refused_before_simulating(
 def test_too_many_classes_for_features_in_fit() -> None:
     X, y = blobs(30, 2, 3)
     y = y.copy()
-    y[:4] = 3  # four classes on two qubits
-    clf = QuantumClassifier(maxiter=2, random_state=0)
+    y[:4] = 3  # four classes on two qubits: too many for the Hamming-weight readout
+    clf = QuantumClassifier(maxiter=2, random_state=0, readout="hamming_weight")
     with pytest.raises(ConfigurationError, match="4 classes need at least 3 qubits"):
         clf.fit(X, y)
     assert not hasattr(clf, "weights_")
+    # The z_softmax readout (the default) takes any number of classes
+    assert QuantumClassifier(maxiter=2, random_state=0).fit(X, y).classes_.shape == (4,)
 
 
 def test_evaluator_rejects_bad_settings() -> None:

@@ -261,13 +261,14 @@ def test_mini_batch_training(binary_data) -> None:
     full = fitted(X, y, batch_size=None, maxiter=3)
     assert len(clf.loss_curve_) == 4
     assert not np.allclose(clf.weights_, full.weights_)
-    # per step: the adjoint gradient evaluates 6 rows once (parameter shift: 2P + 1 points);
-    # the final record is on all 24 rows
+    # per step: the adjoint gradient evaluates 6 rows once (parameter shift: 2P + 1 points,
+    # P the circuit's weights; the head's gradient is analytic); the final record: all 24 rows
     assert clf.gradient_ == "adjoint"
     assert clf.circuit_evaluations_ == 3 * 6 + 24
     shifted = fitted(X, y, batch_size=6, maxiter=3, gradient="parameter_shift")
-    n_weights = clf.spec_.n_weights
-    assert shifted.circuit_evaluations_ == 3 * (2 * n_weights + 1) * 6 + 24
+    n_circuit_weights = clf.spec_.n_circuit_weights
+    assert n_circuit_weights < clf.spec_.n_weights  # the default readout has a head
+    assert shifted.circuit_evaluations_ == 3 * (2 * n_circuit_weights + 1) * 6 + 24
 
 
 @pytest.mark.parametrize("backend", ["numpy", "aer"])

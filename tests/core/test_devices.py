@@ -40,9 +40,29 @@ from qmlops.noisy import DeviceClassifier, DeviceEvaluator, evaluate_on_device, 
 
 @pytest.fixture(scope="module")
 def trained() -> tuple[QuantumClassifier, np.ndarray, np.ndarray]:
+    """The default model: the z_softmax readout on re-uploaded data."""
     X, y = blobs(16, 2, 2)
     model = QuantumClassifier(ansatz_reps=1, maxiter=15, random_state=0).fit(X, y)
     return model, X, y
+
+
+@pytest.fixture(scope="module")
+def trained_hamming() -> tuple[QuantumClassifier, np.ndarray, np.ndarray]:
+    """The Hamming-weight (here: parity) readout, one upload."""
+    X, y = blobs(16, 2, 2)
+    model = QuantumClassifier(
+        readout="hamming_weight", reuploads=1, ansatz_reps=1, maxiter=15, random_state=0
+    ).fit(X, y)
+    return model, X, y
+
+
+@pytest.fixture(params=["hamming_weight", "z_softmax"])
+def either_readout(
+    request: pytest.FixtureRequest,
+) -> tuple[QuantumClassifier, np.ndarray, np.ndarray]:
+    return request.getfixturevalue(
+        "trained_hamming" if request.param == "hamming_weight" else "trained"
+    )
 
 
 # -- registry --------------------------------------------------------------------------------
@@ -137,8 +157,8 @@ def test_transpiled_once_per_description(trained: tuple) -> None:
     assert ops <= {"cx", "id", "rz", "sx", "x", "measure", "barrier"}
 
 
-def test_fake_device_evaluation_is_one_call(trained: tuple) -> None:
-    model, X, y = trained
+def test_fake_device_evaluation_is_one_call(either_readout: tuple) -> None:
+    model, X, y = either_readout
     result = evaluate_on_device(model, X, y, resolve_device("fake_manila"), shots=256)
     assert result.primitive_calls == 1
     assert result.circuits == X.shape[0]
@@ -153,25 +173,69 @@ def _probabilities(model: QuantumClassifier, X: np.ndarray, device: Device, **kw
     return evaluator.class_probabilities([(X, model.weights_[None, :])])[0][0]
 
 
-def test_noise_parameters_reach_the_simulator(trained: tuple) -> None:
-    model, X, _ = trained
+def _values(model: QuantumClassifier, X: np.ndarray, device: Device, **kw) -> np.ndarray:
+    evaluator = DeviceEvaluator(model.spec_, device, shots=4000, seed=1, **kw)
+    circuit_weights = model.weights_[None, : model.spec_.n_circuit_weights]
+    return evaluator.readout_values([(X, circuit_weights)])[0][0]
+
+
+def _exact_values(model: QuantumClassifier, X: np.ndarray) -> np.ndarray:
+    circuit_weights = model.weights_[None, : model.spec_.n_circuit_weights]
+    return model._evaluator_.readout_values([(X, circuit_weights)])[0][0]
+
+
+QUIET = NoiseParameters(0.0, 0.0, 0.0)
+
+
+def test_noise_parameters_reach_the_simulator(trained_hamming: tuple) -> None:
+    model, X, _ = trained_hamming
     exact = model.predict_proba(X)
-    quiet = resolve_device("noise:depolarizing", NoiseParameters(0.0, 0.0, 0.0))
+    quiet = resolve_device("noise:depolarizing", QUIET)
     random_readout = resolve_device("noise:depolarizing", NoiseParameters(0.0, 0.0, 0.5))
     assert np.abs(_probabilities(model, X, quiet) - exact).max() < 0.06
     # Bits flipped with probability 1/2: the parity readout is a coin toss.
     assert np.abs(_probabilities(model, X, random_readout) - 0.5).max() < 0.06
 
 
-def test_readout_mitigation_undoes_readout_error(trained: tuple) -> None:
-    model, X, y = trained
+def test_z_softmax_on_a_noise_free_device_agrees_with_the_exact_model(trained: tuple) -> None:
+    model, X, _ = trained
+    assert model.readout == "z_softmax"
+    quiet = resolve_device("noise:depolarizing", QUIET)
+    exact = _exact_values(model, X)
+    assert np.abs(exact[:, 0] - exact[:, 1]).max() > 0.3  # swapped qubits would show
+    # 4000 shots: each Z estimate's standard deviation is at most 1/sqrt(4000) ~ 0.016.
+    assert np.abs(_values(model, X, quiet) - exact).max() < 0.06
+    assert np.abs(_probabilities(model, X, quiet) - model.predict_proba(X)).max() < 0.06
+
+
+def test_z_softmax_reads_random_bits_as_the_head_bias_alone(trained: tuple) -> None:
+    model, X, _ = trained
+    random_readout = resolve_device("noise:depolarizing", NoiseParameters(0.0, 0.0, 0.5))
+    assert np.abs(_values(model, X, random_readout)).max() < 0.06
+    # Every Z near 0: the head's softmax of its bias for every sample.
+    head = model.weights_[None, model.spec_.n_circuit_weights :]
+    bias_only = model._evaluator_.class_readout.probabilities(np.zeros((1, 1, 2)), head)[0, 0]
+    np.testing.assert_allclose(
+        _probabilities(model, X, random_readout), np.tile(bias_only, (len(X), 1)), atol=0.06
+    )
+
+
+def test_readout_mitigation_undoes_readout_error(either_readout: tuple) -> None:
+    model, X, y = either_readout
     exact = model.predict_proba(X)
     noisy = resolve_device("noise:depolarizing", NoiseParameters(0.0, 0.0, 0.15))
     raw = _probabilities(model, X, noisy)
     mitigated = _probabilities(model, X, noisy, mitigation="readout")
     assert np.abs(mitigated - exact).mean() < 0.5 * np.abs(raw - exact).mean()
+    exact_values = _exact_values(model, X)
+    raw_values = _values(model, X, noisy)
+    mitigated_values = _values(model, X, noisy, mitigation="readout")
+    assert np.abs(mitigated_values - exact_values).mean() < (
+        0.5 * np.abs(raw_values - exact_values).mean()
+    )
     both = evaluate_on_device(model, X, y, noisy, shots=512, mitigation="readout")
     assert set(both.mitigated_metrics) == set(both.metrics)
+    assert both.mitigated_metrics["accuracy"] >= 0.75
 
 
 def test_device_evaluator_refuses_bad_settings(trained: tuple) -> None:
@@ -184,7 +248,10 @@ def test_device_evaluator_refuses_bad_settings(trained: tuple) -> None:
         DeviceEvaluator(model.spec_, resolve_device("fake_manila"), shots=10, optimization_level=7)
 
 
-def test_training_under_noise_batches_each_step_and_stores_a_plain_model() -> None:
+@pytest.mark.parametrize(("readout", "reuploads"), [("hamming_weight", 1), ("z_softmax", 2)])
+def test_training_under_noise_batches_each_step_and_stores_a_plain_model(
+    readout: str, reuploads: int
+) -> None:
     X, y = blobs(12, 2, 2)
     model = DeviceClassifier(
         device="fake_manila",
@@ -192,12 +259,22 @@ def test_training_under_noise_batches_each_step_and_stores_a_plain_model() -> No
         optimizer="spsa",
         maxiter=3,
         ansatz_reps=1,
+        readout=readout,
+        reuploads=reuploads,
         random_state=0,
     ).fit(X, y)
     assert model.backend_ == "fake_manila"
     assert model.primitive_calls_ == model.maxiter + 1  # one sampler call per step
     assert len(model.transpiled_["layout"]) == 2
+    assert not np.array_equal(model.weights_, model.initial_weights_)
+    # SPSA perturbs every weight at once: the head's (z_softmax) moved with the circuit's.
+    head = slice(model.spec_.n_circuit_weights, None)
+    assert model.weights_[head].shape == (model.spec_.class_readout().n_head_weights,)
+    assert not np.array_equal(model.weights_[head], model.initial_weights_[head]) or (
+        readout == "hamming_weight"
+    )
     restored = QuantumClassifier.from_state(model.to_state())
+    assert (restored.readout, restored.reuploads) == (readout, reuploads)
     np.testing.assert_allclose(restored.predict_proba(X), model.predict_proba(X), atol=1e-9)
     assert "device" in model.get_params()
     assert "device" not in model.to_state()["params"]

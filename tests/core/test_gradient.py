@@ -173,7 +173,14 @@ def test_size_guard_counts_the_adjoint_tape() -> None:
     shifted = QuantumClassifier(gradient="parameter_shift", simulator_threads=1, batch_size=64)
     _, with_tape = adjoint.plan(100, 0, 12, 2)
     _, without = shifted.plan(100, 0, 12, 2)
-    spec = CircuitSpec(n_qubits=12, n_classes=2, feature_map="z", ansatz="efficient_su2")
+    spec = CircuitSpec(
+        n_qubits=12,
+        n_classes=2,
+        feature_map="z",
+        ansatz="efficient_su2",
+        reuploads=adjoint.reuploads,
+        readout=adjoint.readout,
+    )
     tape = simulation.adjoint_states_held(spec, 64, 1)
     assert tape > 0
     assert with_tape.peak_memory_bytes == without.peak_memory_bytes + tape * 16 * 2**12

@@ -18,10 +18,16 @@ from qmlops.ibm_runtime import JobTracker, evaluate_on_ibm
 TOKEN = "tok-3f9c2a7e51d04b8a"
 
 
-@pytest.fixture(scope="module")
-def trained() -> tuple[QuantumClassifier, np.ndarray, np.ndarray]:
+@pytest.fixture(
+    scope="module", params=[("hamming_weight", 1), ("z_softmax", 2)], ids=lambda p: p[0]
+)
+def trained(request: pytest.FixtureRequest) -> tuple[QuantumClassifier, np.ndarray, np.ndarray]:
+    readout, reuploads = request.param
     X, y = blobs(12, 2, 2)
-    return QuantumClassifier(ansatz_reps=1, maxiter=10, random_state=0).fit(X, y), X, y
+    model = QuantumClassifier(
+        readout=readout, reuploads=reuploads, ansatz_reps=1, maxiter=10, random_state=0
+    )
+    return model.fit(X, y), X, y
 
 
 @pytest.fixture

@@ -2,7 +2,7 @@
 
 Exact against Aer, its gradients (adjoint, parameter shift, finite differences) agree with the
 head's weights included, it trains, serialises, keeps one simulator call per step, and device
-runs refuse it before anything runs.
+runs plan it like any readout (its device results are tested in ``test_devices.py``).
 """
 
 from __future__ import annotations
@@ -249,8 +249,14 @@ def test_both_gradients_train_to_the_same_weights() -> None:
 @pytest.mark.parametrize("optimizer", ["spsa", "cobyla"])
 def test_gradient_free_optimizers_train_the_head_too(optimizer: str) -> None:
     X, y = blobs(16, 2, 2)
+    # One upload: COBYLA's first 12 steps move one weight each, and the head's come last.
     clf = QuantumClassifier(
-        readout="z_softmax", optimizer=optimizer, ansatz_reps=1, maxiter=12, random_state=0
+        readout="z_softmax",
+        reuploads=1,
+        optimizer=optimizer,
+        ansatz_reps=1,
+        maxiter=12,
+        random_state=0,
     ).fit(X, y)
     head = slice(clf.spec_.n_circuit_weights, None)
     assert not np.array_equal(clf.weights_[head], clf.initial_weights_[head])
@@ -272,7 +278,9 @@ def test_state_round_trip_predicts_identically() -> None:
 
 def test_models_saved_before_the_readout_load_as_hamming_weight() -> None:
     X, y = blobs(12, 2, 2)
-    clf = QuantumClassifier(ansatz_reps=1, maxiter=2, random_state=0).fit(X, y)
+    clf = QuantumClassifier(
+        readout="hamming_weight", reuploads=1, ansatz_reps=1, maxiter=2, random_state=0
+    ).fit(X, y)
     state = clf.to_state()
     del state["params"]["readout"]
     del state["spec"]["readout"]
@@ -284,31 +292,25 @@ def test_models_saved_before_the_readout_load_as_hamming_weight() -> None:
 # -- devices ---------------------------------------------------------------------------------
 
 
-def test_device_runs_refuse_the_readout_before_anything_runs(
+def test_device_runs_plan_the_readout_before_anything_runs(
     simulator_calls: Counter[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from qmlops import noisy
     from qmlops.budget import plan_device_run
     from qmlops.config import DeviceConfig
-    from qmlops.devices import resolve_device
 
     def no_transpiling(*args: object, **kwargs: object) -> None:
-        raise AssertionError("transpiled before the readout was checked")
+        raise AssertionError("planning transpiled a circuit")
 
     monkeypatch.setattr(noisy, "transpile_for_device", no_transpiling)
-    X, y = blobs(12, 2, 2)
-    spec = CircuitSpec(n_qubits=2, n_classes=2, ansatz_reps=1, readout="z_softmax")
-    with pytest.raises(ConfigurationError, match="hamming_weight readout only"):
-        noisy.DeviceEvaluator(spec, resolve_device("fake_manila"), shots=10)
     model = noisy.DeviceClassifier(
-        device="fake_manila", device_shots=10, readout="z_softmax", maxiter=2
+        device="fake_manila", device_shots=10, readout="z_softmax", optimizer="spsa", maxiter=2
     )
-    with pytest.raises(ConfigurationError, match="hamming_weight readout only"):
-        model.fit(X, y)
     for train_on in ("device", "ideal"):
         config = DeviceConfig(device="fake_manila", shots=10, train_on=train_on)
-        with pytest.raises(ConfigurationError, match="hamming_weight readout only"):
-            plan_device_run(
-                config, model, n_train=10, n_validation=0, n_test=2, n_features=2, n_classes=2
-            )
+        plan = plan_device_run(
+            config, model, n_train=10, n_validation=0, n_test=2, n_features=2, n_classes=2
+        )
+        assert plan is not None
+        assert plan.estimate.primitive_calls == (2 + 1 + 1 if train_on == "device" else 1)
     assert sum(simulator_calls.values()) == 0

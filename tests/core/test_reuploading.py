@@ -170,7 +170,10 @@ def test_old_descriptions_and_models_load_with_one_upload() -> None:
     del old["reuploads"]
     assert CircuitSpec.from_dict(old) == spec
     X, y = blobs(12, 2, 2)
-    model = QuantumClassifier(ansatz_reps=1, maxiter=2, random_state=0).fit(X, y)
+    # Saved before re-uploading existed: one upload, the Hamming-weight readout.
+    model = QuantumClassifier(
+        readout="hamming_weight", reuploads=1, ansatz_reps=1, maxiter=2, random_state=0
+    ).fit(X, y)
     state = model.to_state()
     del state["params"]["reuploads"], state["spec"]["reuploads"]
     restored = QuantumClassifier.from_state(state)
@@ -180,8 +183,15 @@ def test_old_descriptions_and_models_load_with_one_upload() -> None:
 
 def test_classifier_trains_one_call_per_step_and_round_trips() -> None:
     X, y = blobs(16, 2, 2)
+    # The parity readout: the last check reads class 1 off the bound circuit's state.
     model = QuantumClassifier(
-        feature_map="zz", ansatz_reps=1, reuploads=2, maxiter=5, batch_size=8, random_state=0
+        feature_map="zz",
+        ansatz_reps=1,
+        reuploads=2,
+        readout="hamming_weight",
+        maxiter=5,
+        batch_size=8,
+        random_state=0,
     ).fit(X, y)
     assert (model.backend_, model.gradient_) == ("numpy", "adjoint")
     assert model.spec_.reuploads == 2
@@ -224,7 +234,8 @@ def test_size_guard_counts_every_block_and_the_phase_cache() -> None:
     assert simulation.adjoint_states_held(three, 48, 1) > simulation.adjoint_states_held(one, 48, 1)
     plain = QuantumClassifier(feature_map_reps=2, reuploads=2, optimizer="cobyla")
     _, with_phases = plain.plan(100, 0, 8, 2)
-    _, without = QuantumClassifier(feature_map_reps=2, optimizer="cobyla").plan(100, 0, 8, 2)
+    one_upload = QuantumClassifier(feature_map_reps=2, reuploads=1, optimizer="cobyla")
+    _, without = one_upload.plan(100, 0, 8, 2)
     assert with_phases.peak_memory_bytes == without.peak_memory_bytes + 100 * 16 * 2**8
 
 

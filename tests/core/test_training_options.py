@@ -261,6 +261,8 @@ def test_early_stopping_resumes_from_a_checkpoint_exactly(tmp_path: Path) -> Non
     X, y = noisy_blobs(40)
     params = {"maxiter": 40, "learning_rate": 0.3, "batch_size": 8, "random_state": 3}
     params |= {"early_stopping": True, "n_iter_no_change": 4, "tol": 0.0, "ansatz_reps": 1}
+    # The iterations below are this circuit's trajectory: the parity readout, one upload.
+    params |= {"readout": "hamming_weight", "reuploads": 1}
     reference = QuantumClassifier(**params).fit(X, y)
     # The snapshot at iteration 8 comes after the best iteration (6): the resumed run must
     # know that best from the snapshot to stop where the uninterrupted one stopped.

@@ -12,8 +12,12 @@ from tasks.training import build_classifier
 
 
 def test_the_readout_setting_builds_the_estimator_and_is_logged() -> None:
-    circuit = CircuitConfig(n_qubits=2, readout="z_softmax")
-    assert build_classifier(circuit, TrainingConfig()).readout == "z_softmax"
-    assert build_classifier(CircuitConfig(), TrainingConfig()).readout == "hamming_weight"
+    circuit = CircuitConfig(n_qubits=2, readout="hamming_weight")
+    assert build_classifier(circuit, TrainingConfig()).readout == "hamming_weight"
+    assert build_classifier(CircuitConfig(), TrainingConfig()).readout == "z_softmax"
     params = {p.key: p.value for p in config_params({"circuit": circuit.model_dump()}, {})}
-    assert params["circuit.readout"] == "z_softmax"
+    assert params["circuit.readout"] == "hamming_weight"
+    defaults = {
+        p.key: p.value for p in config_params({"circuit": CircuitConfig().model_dump()}, {})
+    }
+    assert (defaults["circuit.readout"], defaults["circuit.reuploads"]) == ("z_softmax", "2")
