@@ -317,6 +317,9 @@ def ours_training(model: Model, batch: int | None, steps: int, seed: int) -> flo
         feature_map="z",
         ansatz="efficient_su2",
         entanglement="reverse_linear",
+        # The model PennyLane runs here: one upload, the parity (Hamming-weight) readout.
+        readout="hamming_weight",
+        reuploads=1,
         optimizer="adam",
         maxiter=steps,
         learning_rate=0.1,

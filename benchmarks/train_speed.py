@@ -164,6 +164,9 @@ def classifier(case: Case, seed: int, **params: Any) -> Any:
         "feature_map_reps": 1,
         "ansatz": "real_amplitudes",
         "ansatz_reps": 3,
+        # VQC's model: one upload, the Hamming-weight readout (its `interpret`).
+        "readout": "hamming_weight",
+        "reuploads": 1,
         "optimizer": "cobyla",
         "maxiter": case.maxiter,
         # COBYLA's initial trust radius: SciPy's default, which VQC's COBYLA uses.
