@@ -62,7 +62,7 @@ def test_serve_deploys_runs_from_the_ui_and_stops(stack: Stack, tmp_path: Path) 
     assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 2 * * *"]
     assert nightly["enforce_parameter_schema"]
     training = nightly["parameter_openapi_schema"]["definitions"]["TrainingConfig"]["properties"]
-    assert training["optimizer"]["enum"] == ["adam", "spsa", "cobyla"]
+    assert training["optimizer"]["enum"] == ["adam", "spsa", "cobyla", "lbfgs"]
     assert (training["maxiter"]["minimum"], training["maxiter"]["maximum"]) == (1, 10_000)
     assert training["maxiter"]["default"] == 100
     assert training["maxiter"]["description"]
