@@ -11,7 +11,7 @@ export PREFECT_PORT ?= 4200
 export MLFLOW_PORT ?= 5000
 export QMLOPS_SERVE_DIR ?= $(CURDIR)/.qmlops/serve
 
-.PHONY: install demo test test-fast lint format lock clean ui-mlflow serve stop deploy bench bench-sweep bench-quality
+.PHONY: install demo test test-slow test-all lint format lock clean ui-mlflow serve stop deploy bench bench-sweep bench-quality
 
 install: $(STAMP)
 
@@ -26,12 +26,17 @@ demo: install
 
 # Tests run on TEST_WORKERS processes (pytest-xdist); most of a slow test is waiting on a
 # server or a subprocess, so more workers than the 2 cores of CI still shorten the run.
+# `make test` skips the tests marked slow (whole pipelines in subprocesses, the browser, Ray,
+# servers killed and restarted); `make test-slow` runs them; CI (.ci/run) runs both.
 TEST_WORKERS ?= 3
+PYTEST := $(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=15
 test: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup --durations=25
+	$(PYTEST) -m "not slow"
 
-test-fast: install
-	$(BIN)/python -m pytest -n $(TEST_WORKERS) --dist loadgroup -m "not slow"
+test-slow: install
+	$(PYTEST) -m slow
+
+test-all: test test-slow
 
 # The speed benchmarks (gradients against PennyLane, training against qiskit-machine-learning, ideal and
 # under device noise, sweep scaling); write benchmarks/RESULTS.md.
