@@ -31,13 +31,14 @@ the caller samples on Aer instead.
 
 from __future__ import annotations
 
-import functools
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+
+from qmlops.concurrency import single_threaded_blas
 
 __all__ = [
     "MAX_ENGINE_QUBITS",
@@ -317,14 +318,6 @@ class _NoiseLookup:
         return matrix
 
 
-@functools.lru_cache(maxsize=1)
-def _blas_controller() -> Any:
-    """Inspecting the loaded BLAS libraries takes tens of milliseconds: once per process."""
-    from threadpoolctl import ThreadpoolController
-
-    return ThreadpoolController()
-
-
 class DensityMatrixProgram:
     """A measured circuit and its noise, lowered to a batched density-matrix program.
 
@@ -438,7 +431,8 @@ class DensityMatrixProgram:
         per_sample = 4**self.n_active * 16 * max(1, n_points)
         chunk = max(1, BATCH_BYTES // per_sample)
         # The contractions are small: threaded BLAS only spins (badly so on a busy machine).
-        with _blas_controller().limit(limits=1, user_api="blas"):
+        # The shared limit, so that trainings running at once restore it only when all are done.
+        with single_threaded_blas():
             parts = [
                 self._chunk_probabilities(values[:, start : start + chunk])
                 for start in range(0, n_samples, chunk)
