@@ -2,10 +2,11 @@
 
 Both train the same model on the same data under the same noise: the classifier's default
 circuit with one upload (Z feature map + EfficientSU2, reverse-linear entanglement) and the
-Hamming-weight readout (given to VQC as ``interpret``) on iris (4 features, 4 qubits), transpiled to ``fake_manila`` (5 qubits)
-at optimisation level 1 with the same seed, sampled with 1024 shots on Aer with the device's
-noise model (``AerSimulator.from_backend``; VQC gets Aer's ``SamplerV2.from_backend`` of the same
-fake backend and the same preset pass manager). Both use SPSA with the same gain sequences
+Hamming-weight readout (given to VQC as ``interpret``) on iris (4 features, 4 qubits),
+transpiled to ``fake_manila`` (5 qubits) at optimisation level 1 with the same seed, sampled
+with 1024 shots on Aer with the device's noise model (``AerSimulator.from_backend``; VQC
+gets Aer's ``SamplerV2.from_backend`` of the same fake backend and the same preset pass
+manager). Both use SPSA with the same gain sequences
 (Spall's: ``a_k = lr / (k + 1 + 0.1 maxiter) ** 0.602``, ``c_k = 0.1 / (k + 1) ** 0.101``), the
 same initial point, the whole training set at every step and the same number of steps:
 
@@ -268,7 +269,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     output = args.output or RESULTS
     begin, end = f"<!-- {SECTION}:begin -->", f"<!-- {SECTION}:end -->"
-    write_section(f"{begin}\n{text}{end}", output, (begin, end))
+    write_section(text, output, (begin, end))
     return 0
 
 

@@ -119,7 +119,11 @@ class ClassReadout:
         return np.asarray(exponentials / exponentials.sum(axis=-1, keepdims=True))
 
     def backward(
-        self, values: np.ndarray, head: np.ndarray, probability_cotangent: np.ndarray
+        self,
+        values: np.ndarray,
+        head: np.ndarray,
+        probability_cotangent: np.ndarray,
+        probabilities: np.ndarray | None = None,
     ) -> tuple[np.ndarray, np.ndarray]:
         """Chain rule through the head at one weight point.
 
@@ -127,13 +131,15 @@ class ClassReadout:
             values: Measured values ``(L, R)``.
             head: Head weights ``(H,)``.
             probability_cotangent: ``dL/dp`` ``(L, K)`` at ``p = probabilities(values, head)``.
+            probabilities: That ``p`` ``(L, K)``, if the caller already has it.
 
         Returns:
             ``dL/dv`` ``(L, R)`` and ``dL/dhead`` ``(H,)``.
         """
         if self.name == "hamming_weight":
             return probability_cotangent, np.zeros(0)
-        probabilities = self.probabilities(values[None], head[None])[0]
+        if probabilities is None:
+            probabilities = self.probabilities(values[None], head[None])[0]
         # Softmax: dL/dlogit_k = p_k (g_k - Σ_j g_j p_j).
         logits = probabilities * (
             probability_cotangent

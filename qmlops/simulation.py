@@ -118,6 +118,8 @@ states of a block: 16 MiB each). Measured on one thread at 16 qubits (16 samples
 took 650 ms in blocks of 2**17 amplitudes, 394 ms of 2**19 and 315 ms of 2**21: narrow blocks
 make narrow matrix products; at 12 qubits (48 samples) 2**17 and above were alike."""
 _UNITARY_MAX_QUBITS = 10
+_DENSE_MAX_QUBITS = 5
+"""Widest register whose gradient runs on dense moments (:class:`DenseAnsatz`)."""
 _GEMM_SPEEDUP = 8
 
 Request = tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -255,10 +257,17 @@ def adjoint_states_held(spec: CircuitSpec, n_samples: int, threads: int) -> int:
 
     Each worker thread tapes a block of samples: one state per sample for every group of the
     layers of every ansatz block and the final states, the re-uploaded states, plus the
-    cotangent and a scratch copy in the backward sweep.
+    cotangent and a scratch copy in the backward sweep. Up to ``_DENSE_MAX_QUBITS`` qubits the
+    gradient runs on dense moments instead (:class:`DenseAnsatz`).
     """
     ansatz = _programs(spec).ansatz
     dim = 2**spec.n_qubits
+    if spec.n_qubits <= _DENSE_MAX_QUBITS:
+        # Dense moments: per block, its moments, their prefixes, the carried cotangents and
+        # their products (``2**n`` statevectors each); per sample, each block's input, the
+        # output and the cotangent.
+        moments = ansatz.dense.rows.shape[0]
+        return 4 * spec.reuploads * moments * dim + (spec.reuploads + 2) * n_samples
     block = max(1, min(n_samples, _TAPE_AMPLITUDES // dim))
     blocks = -(-n_samples // block)
     uploads = (spec.reuploads - 1) * spec.feature_map_reps
@@ -718,11 +727,20 @@ class CircuitEvaluator:
         head = weights[self._n_circuit_weights :]
         class_readout = self.class_readout
 
+        whole_batch: list[tuple[np.ndarray, np.ndarray]] = []
+
         def value_cotangent(values: np.ndarray, positions: np.ndarray) -> np.ndarray:
             probabilities = class_readout.probabilities(values[None], head[None])[0]
-            return class_readout.backward(values, head, cotangent(probabilities, positions))[0]
+            value_gradient, head_gradient = class_readout.backward(
+                values, head, cotangent(probabilities, positions), probabilities
+            )
+            if positions.shape[0] == rows.shape[0]:
+                whole_batch.append((probabilities, head_gradient))
+            return value_gradient
 
-        matrices = self._block_matrices(points)
+        dense = self._use_dense(rows.shape[0])
+        # Dense moments build their own matrices; the other two paths share the group matrices.
+        matrices = [] if dense else self._block_matrices(points)
         values = np.empty((rows.shape[0], class_readout.n_values))
         # The sweep's matrix products are small (a group matrix against a block of states):
         # BLAS threads gain nothing there, and on a busy machine their hand-offs cost more
@@ -731,20 +749,28 @@ class CircuitEvaluator:
             encoded, phases, rows, matrices, readout, value_cotangent, values, ansatz.is_real
         )
         with single_threaded_blas():
-            if self._use_unitary(rows.shape[0], 1):
-                cotangents = self._cotangents_by_unitary(sweep)
+            if dense:
+                circuit_gradient = [self._gradient_by_dense_moments(sweep, points[0])]
             else:
-                cotangents = self._cotangents_by_states(sweep)
-        probabilities = class_readout.probabilities(values[None], head[None])[0]
-        # The head's gradient needs every evaluated row at once (the sweep ran by blocks).
-        head_gradient = class_readout.backward(
-            values, head, cotangent(probabilities, np.arange(rows.shape[0]))
-        )[1]
-        size = self._n_circuit_weights // self.spec.reuploads
-        circuit_gradient = [
-            weight_gradient(ansatz, points[0, block * size : (block + 1) * size], found)
-            for block, found in enumerate(cotangents)
-        ]
+                by_unitary = self._use_unitary(rows.shape[0], 1)
+                cotangents = (
+                    self._cotangents_by_unitary(sweep)
+                    if by_unitary
+                    else self._cotangents_by_states(sweep)
+                )
+                size = self._n_circuit_weights // self.spec.reuploads
+                circuit_gradient = [
+                    weight_gradient(ansatz, points[0, block * size : (block + 1) * size], found)
+                    for block, found in enumerate(cotangents)
+                ]
+        if whole_batch:
+            (probabilities, head_gradient), *_ = whole_batch
+        else:
+            # The head's gradient needs every evaluated row at once (the sweep ran by blocks).
+            probabilities = class_readout.probabilities(values[None], head[None])[0]
+            head_gradient = class_readout.backward(
+                values, head, cotangent(probabilities, np.arange(rows.shape[0])), probabilities
+            )[1]
         gradient = np.concatenate([*circuit_gradient, head_gradient])
         others = [
             self._apply_head(v, w)
@@ -817,6 +843,49 @@ class CircuitEvaluator:
             )
             carried = carried.view(np.float64) if real else carried
         return found
+
+    def _use_dense(self, n_samples: int) -> bool:
+        if self.unitary_path != "auto":
+            return self.unitary_path == "dense"
+        return self.spec.n_qubits <= _DENSE_MAX_QUBITS
+
+    def _gradient_by_dense_moments(self, sweep: _AdjointSweep, weights: np.ndarray) -> np.ndarray:
+        """``dL/dθ`` of the circuit weights ``(n_circuit_weights,)`` by :class:`DenseAnsatz`.
+
+        Every block's unitary comes from its dense moments; the states run through them and the
+        uploads between them; ``dL/dU*`` of each block is ``Σ λ φ^H`` over the samples, with
+        ``λ`` carried back through the later blocks.
+        """
+        assert self._programs is not None
+        dense, reupload = self._programs.ansatz.dense, self._programs.reupload
+        blocks = self.spec.reuploads
+        run = dense.run(weights.reshape(blocks, -1))
+        amplitudes = np.take(sweep.encoded, sweep.rows, axis=1)
+        phases = None if sweep.phases is None else np.take(sweep.phases, sweep.rows, axis=1)
+        inputs = []
+        for block in range(blocks):
+            if block:
+                assert reupload is not None
+                assert phases is not None
+                for _ in range(reupload.reps):
+                    amplitudes = phases * np.matmul(reupload.dense, amplitudes)
+            inputs.append(amplitudes)
+            amplitudes = np.matmul(run.unitaries[block], amplitudes)
+        positions = np.arange(sweep.rows.shape[0])
+        values = sweep.readout(amplitudes[None], consume=False)[0]
+        sweep.values[:] = values
+        per_state = np.matmul(sweep.cotangent(values, positions), sweep.readout.observables).T
+        carried = per_state * amplitudes  # λ = dL/dψ*
+        cotangents = np.empty_like(run.unitaries)
+        for block in reversed(range(blocks)):
+            np.matmul(carried, inputs[block].conj().T, out=cotangents[block])
+            if block:
+                assert reupload is not None
+                assert phases is not None
+                carried = np.matmul(run.unitaries[block].conj().T, carried)
+                for _ in range(reupload.reps):
+                    carried = np.matmul(reupload.dense, np.conj(phases) * carried)
+        return dense.gradient(run, cotangents, weights.shape[0] // blocks).ravel()
 
     def _cotangents_by_unitary(self, sweep: _AdjointSweep) -> list[list[np.ndarray | None]]:
         """Tape each block on the identity (giving U), then propagate ``dL/dU`` back through it.

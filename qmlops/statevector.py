@@ -21,7 +21,9 @@ taped :func:`run_fused` keeps each group's input states (:class:`Tape`); :func:`
 sweeps back once over the stages, turning ``dL/dψ*`` at the output into each group matrix's
 cotangent ``Σ λ ψ^H``; :func:`weight_gradient` maps those through the Kronecker products and
 the gate chains to ``dL/dθ`` of every weight. That costs about three forward passes whatever
-the number of weights, against ``2P + 1`` for the parameter-shift rule.
+the number of weights, against ``2P + 1`` for the parameter-shift rule. On a few qubits a step
+is dominated by the number of numpy calls rather than their size; there :class:`DenseAnsatz`
+takes the gradient on whole ``2**n x 2**n`` unitaries in a few dozen calls, whatever the batch.
 
 When every operation of a program is real (``ry``, ``cx``...), it runs on the float64 view of
 the complex array, halving the arithmetic. Matrix products use numpy's BLAS; when the engine
@@ -474,6 +476,11 @@ class FusedProgram:
     def group_plan(self) -> _GroupPlan:
         """How :func:`group_matrices` builds this program's group matrices (made once)."""
         return _GroupPlan.of(self)
+
+    @functools.cached_property
+    def dense(self) -> DenseAnsatz:
+        """The program as dense moments, for the small-register gradient (made once)."""
+        return DenseAnsatz.of(self)
 
     @property
     def n_passes(self) -> int:
@@ -1054,6 +1061,220 @@ def weight_gradient(
     return fused.group_plan.gradient(weights, cotangents, weights.shape[0])
 
 
+# -- small registers: the gradient on whole unitaries ------------------------------------
+
+_GENERATORS: dict[str, tuple[complex, np.ndarray]] = {
+    # dR/dθ = c G R(θ): -i/2 times the Pauli for rx, ry, rz; i times |1><1| for p.
+    "rx": (-0.5j, np.array([[0, 1], [1, 0]], dtype=np.complex128)),
+    "ry": (-0.5j, np.array([[0, -1j], [1j, 0]], dtype=np.complex128)),
+    "rz": (-0.5j, np.array([[1, 0], [0, -1]], dtype=np.complex128)),
+    "p": (1j, np.array([[0, 0], [0, 1]], dtype=np.complex128)),
+}
+
+
+_COS_SIN_SHIFT = np.array([0.0, np.pi / 2])
+
+
+@dataclass(frozen=True)
+class DenseRun:
+    """What :meth:`DenseAnsatz.run` computed for a few weight points, kept for the gradient.
+
+    Attributes:
+        moments: ``S_j`` ``(B, J, D, D)``: each moment's gates, after the fixed stages before it.
+        prefixes: ``F_j = S_j ... S_1`` ``(B, J, D, D)``.
+        unitaries: The whole ansatz ``U`` of each point ``(B, D, D)``.
+    """
+
+    moments: np.ndarray
+    prefixes: np.ndarray
+    unitaries: np.ndarray
+
+
+@dataclass(frozen=True)
+class DenseAnsatz:
+    """A fused program as a chain of dense ``2**n x 2**n`` moments, for small registers.
+
+    Every :class:`LocalStage` splits into *moments*: the first gate of every qubit, then the
+    second, and so on (gates on different qubits commute, so any alignment is the same unitary);
+    the fixed stages before a moment multiply into it. With ``F_j`` the product of the moments up
+    to ``j``, ``W_j`` of those after it, and ``Γ = dL/dU*``, a rotation of moment ``j`` with
+    ``dR/dθ = K R`` (``K`` acts on its qubit only, so it commutes with the rest of the moment)
+    has ``dL/dθ = 2 Re Tr(K F_j Γ^H W_j)``. One backward product per moment then gives the
+    gradient of every weight, and each trace reads ``2**n`` entries (one per row of ``K``).
+
+    The matrices are ``D x D`` with ``D = 2**n``, so this pays off only on a few qubits, where
+    a step of the state-by-state sweep is dominated by the number of numpy calls, not their
+    size: here a step is a few dozen whole-array calls whatever the batch and the number of
+    weights.
+
+    Attributes:
+        n_qubits: Register width.
+        rotations: The weight rotations, in table order.
+        fixed: ``(F, 2, 2)`` fixed one-qubit gates.
+        rows: ``(J, n)`` table rows (identity, fixed gates, rotations) of each moment's gate on
+            each qubit, highest qubit first.
+        before: ``(J, D, D)`` the fixed stages between moment ``j - 1`` and moment ``j``.
+        after: ``(D, D)`` the fixed stages after the last moment (``None``: none).
+        gather: ``(R, D)`` flat indices into ``(J, D, D)`` of the entries each rotation's trace
+            reads.
+        coefficients: ``(R, D)`` the entries of ``K`` that multiply them.
+        weight_index: ``(R,)`` the weight of each rotation.
+    """
+
+    n_qubits: int
+    rotations: tuple[Operation, ...]
+    fixed: np.ndarray
+    rows: np.ndarray
+    before: np.ndarray
+    after: np.ndarray | None
+    gather: np.ndarray
+    coefficients: np.ndarray
+    weight_index: np.ndarray
+
+    @classmethod
+    def of(cls, fused: FusedProgram) -> DenseAnsatz:
+        """Plan the dense moments of ``fused``."""
+        n, dim = fused.n_qubits, 2**fused.n_qubits
+        rotations: list[Operation] = []
+        fixed: list[np.ndarray] = []
+        moment_rows: list[list[int]] = []
+        where: list[int] = []  # the moment of each rotation
+        before: list[np.ndarray] = []
+        pending = np.eye(dim, dtype=np.complex128)
+        for stage in fused.stages:
+            if isinstance(stage, PermutationStage):
+                pending = np.eye(dim, dtype=np.complex128)[stage.source] @ pending
+                continue
+            if isinstance(stage, DiagonalStage):
+                pending = stage.diagonal[:, None] * pending
+                continue
+            chains = dict(stage.operations)
+            for depth in range(max(len(chain) for chain in chains.values())):
+                rows = []
+                for qubit in reversed(range(n)):
+                    chain = chains.get(qubit, ())
+                    operation = chain[depth] if depth < len(chain) else None
+                    if operation is None:
+                        rows.append(0)
+                    elif operation.kind == "weight":
+                        rotations.append(operation)
+                        where.append(len(moment_rows))
+                        rows.append(-len(rotations))
+                    else:
+                        fixed.append(_fixed_gate_matrix(operation))
+                        rows.append(len(fixed))
+                moment_rows.append(rows)
+                before.append(pending)
+                pending = np.eye(dim, dtype=np.complex128)
+        n_fixed = len(fixed)
+        table_rows = np.array(
+            [[r if r >= 0 else n_fixed - r for r in rows] for rows in moment_rows], dtype=np.int64
+        ).reshape(-1, n)
+        index = np.arange(dim)
+        gather = np.zeros((len(rotations), dim), dtype=np.int64)
+        coefficients = np.zeros((len(rotations), dim), dtype=np.complex128)
+        for k, (operation, moment) in enumerate(zip(rotations, where, strict=True)):
+            (qubit,) = operation.qubits
+            scale, generator = _GENERATORS[operation.rotation]
+            bit = (index >> qubit) & 1
+            # Row i of K has one entry, at column s(i): bit `qubit` of i mapped by the generator.
+            target_bit = np.argmax(np.abs(generator), axis=1)[bit]
+            source = (index & ~(1 << qubit)) | (target_bit << qubit)
+            gather[k] = (moment * dim + source) * dim + index
+            coefficients[k] = scale * generator[bit, target_bit]
+        identity = np.eye(dim, dtype=np.complex128)
+        return cls(
+            n_qubits=n,
+            rotations=tuple(rotations),
+            fixed=np.array(fixed, dtype=np.complex128).reshape(-1, 2, 2),
+            rows=table_rows,
+            before=np.array(before, dtype=np.complex128).reshape(-1, dim, dim),
+            after=None if np.array_equal(pending, identity) else pending,
+            gather=gather,
+            coefficients=coefficients,
+            weight_index=np.array([op.index for op in rotations], dtype=np.int64),
+        )
+
+    @functools.cached_property
+    def _factor_plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every moment's one-qubit factors as a linear map of ``(cos a, sin a)`` per rotation.
+
+        ``rx``/``ry``/``rz`` are ``cos(θ/2) I - i sin(θ/2) P`` and ``p`` is
+        ``|0><0| + (cos θ + i sin θ) |1><1|``, so with ``a = θ/2`` (``θ`` for ``p``) the factors
+        ``(J, n, 2, 2)`` are ``constant + Σ_k cos a_k A_k + sin a_k B_k``.
+
+        Returns:
+            The angle scale of each rotation ``(R,)``, the basis ``(2R, J*n*4)`` (rows
+            ``A_0, B_0, A_1, ...``) and the constant part ``(J*n*4,)``.
+        """
+        n_fixed = self.fixed.shape[0]
+        slots = self.rows.reshape(-1)
+        constant = np.zeros((slots.shape[0], 2, 2), dtype=np.complex128)
+        basis = np.zeros((2 * len(self.rotations), slots.shape[0], 2, 2), dtype=np.complex128)
+        scale = np.full(len(self.rotations), 0.5)
+        for slot, row in enumerate(slots.tolist()):
+            if row == 0:
+                constant[slot] = np.eye(2)
+            elif row <= n_fixed:
+                constant[slot] = self.fixed[row - 1]
+            else:
+                k = row - 1 - n_fixed
+                rotation = self.rotations[k].rotation
+                if rotation == "p":
+                    scale[k] = 1.0
+                    constant[slot] = np.diag([1.0, 0.0])
+                    basis[2 * k, slot] = np.diag([0.0, 1.0])
+                    basis[2 * k + 1, slot] = np.diag([0.0, 1j])
+                else:
+                    basis[2 * k, slot] = np.eye(2)
+                    basis[2 * k + 1, slot] = -1j * _GENERATORS[rotation][1]
+        return scale, basis.reshape(basis.shape[0], -1), constant.reshape(-1)
+
+    def run(self, weights: np.ndarray) -> DenseRun:
+        """The moments, their prefix products and the unitaries at weight points ``(B, P)``."""
+        points = weights.shape[0]
+        scale, basis, constant = self._factor_plan
+        angles = weights[:, self.weight_index] * scale
+        # cos(a - π/2) = sin(a): both in one call, interleaved as the basis rows are.
+        trig = np.cos(angles[..., None] - _COS_SIN_SHIFT).reshape(points, -1)
+        factors = (np.matmul(trig, basis) + constant).reshape(points, *self.rows.shape, 2, 2)
+        moments = np.matmul(
+            _kronecker([factors[:, :, q] for q in range(self.n_qubits)]), self.before
+        )
+        prefixes = np.empty_like(moments)
+        prefixes[:, 0] = moments[:, 0]
+        for j in range(1, moments.shape[1]):
+            np.matmul(moments[:, j], prefixes[:, j - 1], out=prefixes[:, j])
+        last = prefixes[:, -1]
+        unitaries = last if self.after is None else np.matmul(self.after, last)
+        return DenseRun(moments, prefixes, unitaries)
+
+    def gradient(self, run: DenseRun, cotangents: np.ndarray, n_weights: int) -> np.ndarray:
+        """``dL/dθ`` ``(B, P)`` of each point, from ``Γ = dL/dU*`` ``(B, D, D)`` of its unitary.
+
+        With ``dL = 2 Re Tr(Γ^H dU)`` (so ``Γ = Σ λ φ^H`` over the samples for ``ψ = U φ``).
+        """
+        points, moments, dim, _ = run.moments.shape
+        # W_j^H Γ for every moment: the cotangent carried back to moment j's output.
+        carried = np.empty_like(run.moments)
+        carried[:, -1] = (
+            cotangents if self.after is None else np.matmul(self.after.conj().T, cotangents)
+        )
+        for j in range(moments - 1, 0, -1):
+            np.matmul(
+                run.moments[:, j].conj().swapaxes(-1, -2), carried[:, j], out=carried[:, j - 1]
+            )
+        # C_j = F_j (W_j^H Γ)^H, read where each rotation's K has its entries.
+        products = np.matmul(run.prefixes, carried.conj().swapaxes(-1, -2))
+        traces = (products.reshape(points, -1)[:, self.gather] * self.coefficients).sum(axis=-1)
+        gradient = np.zeros((points, n_weights))
+        for point in range(points):
+            gradient[point] = np.bincount(
+                self.weight_index, 2.0 * traces[point].real, minlength=n_weights
+            )
+        return gradient
+
+
 # -- re-uploaded feature maps -------------------------------------------------------------
 
 
@@ -1089,6 +1310,12 @@ class Reupload:
             matrix * math.sqrt(matrix.shape[-1]) for matrix in group_matrices(hadamard, None)
         )
         return cls(hadamard=hadamard, matrices=matrices, reps=reps)
+
+    @functools.cached_property
+    def dense(self) -> np.ndarray:
+        """``sqrt(2**n) H`` on every qubit as one real ``2**n x 2**n`` matrix (entries ±1)."""
+        n_qubits = self.hadamard.n_qubits
+        return _kronecker([np.array([[1.0, 1.0], [1.0, -1.0]])] * n_qubits)
 
     def apply(
         self, psi: np.ndarray, phases: np.ndarray, workspace: Workspace | None = None

@@ -89,9 +89,10 @@ def check_adjoint_gradient(
     rows: np.ndarray,
     difference_atol: float = 1e-9,
 ) -> np.ndarray:
-    """Assert the adjoint gradient equals parameter shift and finite differences on both paths.
+    """Assert the adjoint gradient equals parameter shift and finite differences on every path.
 
-    Both paths: by the ansatz unitary (small circuits, many samples) and state by state.
+    The paths: dense moments (up to 6 qubits), the ansatz unitary (small circuits, many
+    samples) and state by state.
 
     Returns:
         The parameter-shift gradient, for the caller's own checks.
@@ -100,7 +101,8 @@ def check_adjoint_gradient(
     shifted = parameter_shift_gradient(evaluator, features, weights, targets, rows)
     differences = finite_difference_gradient(evaluator, features, weights, targets, rows)
     expected = evaluator.class_probabilities([(features, weights[None], rows)])[0][0]
-    for path in ("always", "never"):
+    # Dense moments on small registers, the unitary's columns, and state by state.
+    for path in ("dense", "always", "never") if spec.n_qubits <= 6 else ("always", "never"):
         evaluator.unitary_path = path
         probabilities, gradient, _ = evaluator.loss_gradient(
             features, weights, cross_entropy_cotangent(targets), rows

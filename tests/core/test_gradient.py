@@ -7,6 +7,7 @@ import itertools
 import numpy as np
 import pytest
 from core_circuits import check_adjoint_gradient, every_stage_circuit, random_states
+from qiskit.quantum_info import Operator
 
 import qmlops.simulation as simulation
 from qmlops import QuantumClassifier
@@ -85,6 +86,43 @@ def test_adjoint_gradient_of_every_gate_kind(group_qubits: int) -> None:
         for unit in np.eye(len(theta))
     ]
     np.testing.assert_allclose(gradient, expected, atol=1e-9)
+
+
+@pytest.mark.parametrize("group_qubits", [1, 4])
+def test_dense_moments_give_the_unitary_and_its_gradient_for_every_gate_kind(
+    group_qubits: int,
+) -> None:
+    # Every kind of stage, fixed stages after the last rotation, and two weights used twice.
+    circuit, theta = every_stage_circuit()
+    circuit.rx(theta[0], 3)
+    circuit.rz(theta[4], 1)
+    circuit.p(theta[3], 0)
+    circuit.cx(1, 2)
+    circuit.cz(0, 3)
+    fused = fuse_program(compile_program(circuit, weights=list(theta)), group_qubits)
+    dense = fused.dense
+    rng = np.random.default_rng(11)
+    weights = rng.uniform(-np.pi, np.pi, (2, len(theta)))
+    run = dense.run(weights)
+    for point in range(2):
+        bound = circuit.assign_parameters(dict(zip(theta, weights[point], strict=True)))
+        np.testing.assert_allclose(run.unitaries[point], Operator(bound).data, atol=1e-12)
+    # L = 2 Re Tr(Γ^H U) has dL/dθ = 2 Re Tr(Γ^H dU/dθ): what the gradient reads for Γ.
+    cotangents = rng.normal(size=(2, 16, 16)) + 1j * rng.normal(size=(2, 16, 16))
+
+    def loss(point: int, at: np.ndarray) -> float:
+        unitary = dense.run(at[None]).unitaries[0]
+        return float(2.0 * np.real(np.trace(cotangents[point].conj().T @ unitary)))
+
+    gradient = dense.gradient(run, cotangents, len(theta))
+    step = 1e-6
+    for point in range(2):
+        expected = [
+            (loss(point, weights[point] + step * unit) - loss(point, weights[point] - step * unit))
+            / (2 * step)
+            for unit in np.eye(len(theta))
+        ]
+        np.testing.assert_allclose(gradient[point], expected, atol=1e-7)
 
 
 def test_blocks_and_worker_threads_give_the_same_gradient(
