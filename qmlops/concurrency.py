@@ -12,11 +12,12 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import sys
 import threading
 from collections.abc import Iterator
 from typing import Any
 
-from threadpoolctl import threadpool_info, threadpool_limits
+from threadpoolctl import threadpool_limits
 
 
 def available_cores() -> int:
@@ -27,6 +28,26 @@ def available_cores() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+_loaded_libraries: tuple[int, Any] | None = None
+
+
+def _thread_pools() -> Any:
+    """The handle of threadpoolctl on the loaded thread pools, found again after new imports.
+
+    Finding the libraries reads every loaded shared object (about 14 ms once Qiskit and
+    scikit-learn are in), and a training asks for the limit when it starts. A new native
+    library comes with an import, so the handle is kept until the count of modules changes;
+    the limits themselves are read live from it.
+    """
+    global _loaded_libraries
+    modules = len(sys.modules)
+    if _loaded_libraries is None or _loaded_libraries[0] != modules:
+        from threadpoolctl import ThreadpoolController
+
+        _loaded_libraries = (modules, ThreadpoolController())
+    return _loaded_libraries[1]
+
+
 def threadpool_limit() -> int | None:
     """The smallest thread limit threadpoolctl reports for a threaded BLAS or OpenMP library.
 
@@ -35,7 +56,7 @@ def threadpool_limit() -> int | None:
     """
     limits = [
         int(info["num_threads"])
-        for info in threadpool_info()
+        for info in (library.info() for library in _thread_pools().lib_controllers)
         if info.get("threading_layer") != "disabled" and info.get("num_threads")
     ]
     return min(limits) if limits else None

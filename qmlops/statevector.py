@@ -1254,25 +1254,32 @@ class DenseAnsatz:
 
         With ``dL = 2 Re Tr(Γ^H dU)`` (so ``Γ = Σ λ φ^H`` over the samples for ``ψ = U φ``).
         """
-        points, moments, dim, _ = run.moments.shape
-        # W_j^H Γ for every moment: the cotangent carried back to moment j's output.
+        moments = run.moments.shape[1]
+        # conj(W_j^H Γ) for every moment, the cotangent carried back to moment j's output:
+        # conj(S^H X) = S^T conj(X), so the sweep needs no conjugated copies.
         carried = np.empty_like(run.moments)
-        carried[:, -1] = (
-            cotangents if self.after is None else np.matmul(self.after.conj().T, cotangents)
-        )
+        carried[:, -1] = np.conj(cotangents)
+        if self.after is not None:
+            carried[:, -1] = np.matmul(self.after.T, carried[:, -1])
+        transposed = run.moments.swapaxes(-1, -2)
         for j in range(moments - 1, 0, -1):
-            np.matmul(
-                run.moments[:, j].conj().swapaxes(-1, -2), carried[:, j], out=carried[:, j - 1]
-            )
+            np.matmul(transposed[:, j], carried[:, j], out=carried[:, j - 1])
         # C_j = F_j (W_j^H Γ)^H, read where each rotation's K has its entries.
-        products = np.matmul(run.prefixes, carried.conj().swapaxes(-1, -2))
-        traces = (products.reshape(points, -1)[:, self.gather] * self.coefficients).sum(axis=-1)
-        gradient = np.zeros((points, n_weights))
-        for point in range(points):
-            gradient[point] = np.bincount(
-                self.weight_index, 2.0 * traces[point].real, minlength=n_weights
-            )
-        return gradient
+        products = np.matmul(run.prefixes, carried.swapaxes(-1, -2))
+        gathered = products.reshape(products.shape[0], -1)[:, self.gather]
+        traces = np.einsum("bkd,kd->bk", gathered, self.coefficients)
+        gradient = 2.0 * np.matmul(traces.real, self._scatter)
+        if gradient.shape[1] < n_weights:  # weights that no gate turns
+            gradient = np.pad(gradient, ((0, 0), (0, n_weights - gradient.shape[1])))
+        return np.asarray(gradient)
+
+    @functools.cached_property
+    def _scatter(self) -> np.ndarray:
+        """``(R, W)``: 1 where rotation ``k`` turns weight ``w`` (a weight may turn several)."""
+        width = int(self.weight_index.max(initial=-1)) + 1
+        scatter = np.zeros((len(self.rotations), width))
+        scatter[np.arange(len(self.rotations)), self.weight_index] = 1.0
+        return scatter
 
 
 # -- re-uploaded feature maps -------------------------------------------------------------
