@@ -425,7 +425,12 @@ class CircuitEvaluator:
     ) -> list[np.ndarray]:
         """Readout values of checked requests of circuit weight points: one primitive call."""
         started = time.perf_counter()
-        if self.backend == "numpy":
+        if self.backend == "numpy" and self.spec.n_qubits <= _DENSE_MAX_QUBITS:
+            # Matrices this small gain nothing from BLAS threads, and on a busy machine their
+            # hand-offs cost far more than the products.
+            with single_threaded_blas():
+                results = self._numpy_values(checked)
+        elif self.backend == "numpy":
             results = self._numpy_values(checked)
         elif self.shots is None:
             results = self._aer_exact_values(checked)
