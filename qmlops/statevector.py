@@ -112,12 +112,69 @@ class Program:
 
     def feature_angles(self, features: np.ndarray) -> np.ndarray:
         """Evaluate the feature expressions on every sample: ``(n_expressions, N)``."""
+        polynomials = self._multilinear
+        if polynomials is not None:
+            angles = np.empty((len(self.expressions), features.shape[0]))
+            for i, (columns, coefficients) in enumerate(polynomials):
+                angles[i] = _monomials(features[:, columns]) @ coefficients
+            return angles
         angles = np.empty((len(self.expressions), features.shape[0]))
         for column, row in enumerate(features.tolist()):
             binding = dict(zip(self.features, row, strict=True))
             for i, expression in enumerate(self.expressions):
                 angles[i, column] = expression.bind_all(binding)
         return angles
+
+    @functools.cached_property
+    def _multilinear(self) -> list[tuple[np.ndarray, np.ndarray]] | None:
+        """Every expression as ``Σ_S c_S Π_{i in S} x_i``, or ``None`` if one is not of that form.
+
+        The feature maps' expressions (``2 x``, ``2 (π - x_i)(π - x_j)``...) are multilinear in
+        their few features, so their values at the corners of the unit cube fix them; binding
+        them sample by sample instead costs Qiskit a call per sample and expression. Each
+        polynomial is checked against the expression at two random points.
+
+        Returns:
+            Per expression: its features' input columns ``(k,)`` and coefficients ``(2**k,)``
+            over the monomials of :func:`_monomials`.
+        """
+        column_of = {feature: column for column, feature in enumerate(self.features)}
+        rng = np.random.default_rng(0)
+        polynomials = []
+        for expression in self.expressions:
+            params = sorted(expression.parameters, key=column_of.__getitem__)
+            if len(params) > _MULTILINEAR_MAX_FEATURES:
+                return None
+            columns = np.array([column_of[param] for param in params], dtype=np.int64)
+            corners = (np.arange(2 ** len(params))[:, None] >> np.arange(len(params))) & 1
+            values = np.array(
+                [float(expression.bind_all(dict(zip(params, c, strict=True)))) for c in corners]
+            )
+            # Möbius inversion over subsets: c_S = Σ_{T ⊆ S} (-1)^{|S - T|} f(1_T).
+            coefficients = values.copy()
+            for bit in range(len(params)):
+                with_bit = (np.arange(coefficients.size) >> bit) & 1 == 1
+                coefficients[with_bit] -= coefficients[~with_bit]
+            for point in rng.uniform(-4.0, 4.0, (2, len(params))):
+                exact = float(expression.bind_all(dict(zip(params, point, strict=True))))
+                fitted = float(_monomials(point[None])[0] @ coefficients)
+                if not math.isclose(exact, fitted, rel_tol=1e-12, abs_tol=1e-12):
+                    return None
+            polynomials.append((columns, coefficients))
+        return polynomials
+
+
+_MULTILINEAR_MAX_FEATURES = 6
+"""Most features in one expression that :meth:`Program.feature_angles` evaluates as a
+polynomial (``2**k`` coefficients); wider ones are bound sample by sample."""
+
+
+def _monomials(values: np.ndarray) -> np.ndarray:
+    """``Π_{i in S} x_i`` for every subset ``S`` (bit ``i`` of its index), ``(N, 2**k)``."""
+    monomials = np.ones((values.shape[0], 1))
+    for column in range(values.shape[1]):
+        monomials = np.concatenate([monomials, monomials * values[:, column : column + 1]], 1)
+    return monomials
 
 
 def compile_program(

@@ -7,6 +7,8 @@ import itertools
 import numpy as np
 import pytest
 from core_circuits import every_stage_circuit, random_states
+from qiskit import QuantumCircuit
+from qiskit.circuit import ParameterVector
 from qiskit.quantum_info import Operator
 
 import qmlops.simulation as simulation
@@ -147,3 +149,24 @@ def test_single_threaded_blas_is_shared_and_restored() -> None:
         second.__exit__(None, None, None)
         assert blas_threads() == before
         assert 2 in before
+
+
+def test_feature_angles_as_polynomials_equal_qiskit_bindings() -> None:
+    # The feature maps' expressions are evaluated as fitted polynomials; one that is not
+    # multilinear (x**2, sin x) falls back to binding every sample.
+    x = ParameterVector("x", 3)
+    circuit = QuantumCircuit(3)
+    circuit.p(2.0 * (np.pi - x[0]) * (np.pi - x[1]) * (np.pi - x[2]), 0)
+    circuit.rz(x[1] - 0.5, 1)
+    curved = circuit.copy()
+    curved.ry(x[2] * x[2], 2)
+    curved.rx(x[0].sin(), 0)
+    features = np.random.default_rng(4).uniform(-np.pi, np.pi, (9, 3))
+    for built, polynomial in ((circuit, True), (curved, False)):
+        program = compile_program(built, features=list(x))
+        assert (program._multilinear is not None) == polynomial
+        expected = [
+            [float(e.bind_all(dict(zip(x, row, strict=True)))) for row in features]
+            for e in program.expressions
+        ]
+        np.testing.assert_allclose(program.feature_angles(features), expected, atol=1e-12)
