@@ -54,14 +54,14 @@ OURS, SHIFT, JAX, LIGHTNING = (
 )
 EPSILON = 1e-10
 FORWARD_NOTE = (
-    "Read the `x forward` column with care: our forward pass (`class_probabilities`) lets "
-    "numpy's BLAS use both cores on the calling thread, while the adjoint gradient holds BLAS "
-    "at one thread; on a machine as loaded as during this run (other jobs on the same 2 cores), "
-    "a two-thread BLAS call waits for a descheduled thread, so a forward pass could take longer "
-    "than a whole gradient (ratios below 1). Those ratios, and the `meets the 4x goal` verdicts "
-    "that rest on them, say nothing about the gradient's cost; the rows at 12 qubits, batch "
-    "455, and at 16 qubits, where both use the engine's worker threads with BLAS at one thread, "
-    "do. Single measurements on this busy machine also spread widely (see min–max)."
+    "Read the `x forward` column with care above 5 qubits: there our forward pass "
+    "(`class_probabilities`) lets numpy's BLAS use both cores on the calling thread, while the "
+    "adjoint gradient holds BLAS at one thread (up to 5 qubits both hold it at one thread); on a "
+    "loaded machine a two-thread BLAS call waits for a descheduled thread, so a forward pass "
+    "can take longer than a whole gradient (ratios below 1). Those ratios, and the `meets the "
+    "4x goal` verdicts that rest on them, then say nothing about the gradient's cost; the rows "
+    "up to 5 qubits, at 12 qubits, batch 455, and at 16 qubits, where both run with BLAS at one "
+    "thread, do."
 )
 
 
