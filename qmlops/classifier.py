@@ -78,8 +78,10 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             numpy engine re-uploads the ``z`` and ``zz`` maps; a re-uploaded ``pauli`` map
             runs on Aer.
         readout: ``"z_softmax"`` (default: every qubit's Pauli-Z expectation feeds a
-            trainable softmax layer, trained jointly with the circuit) or ``"hamming_weight"``
-            (each measured bitstring votes for class ``popcount mod n_classes``).
+            trainable softmax layer, trained jointly with the circuit), ``"zz_softmax"`` (the
+            same with every pair of neighbouring qubits' ``Z_q Z_{q+1}`` added to the layer's
+            inputs) or ``"hamming_weight"`` (each measured bitstring votes for class
+            ``popcount mod n_classes``).
         optimizer: ``"adam"`` (exact gradients, see ``gradient``), ``"lbfgs"`` (SciPy's
             L-BFGS-B on all samples with the same exact gradient; needs ``shots=None``),
             ``"spsa"`` or ``"cobyla"``.

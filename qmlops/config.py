@@ -141,11 +141,11 @@ class CircuitConfig(_Config):
         description="Data re-uploading: blocks of [feature map, ansatz], each ansatz with its own "
         "weights (1: the feature map once). Re-uploaded pauli maps run on Aer.",
     )
-    readout: Literal["hamming_weight", "z_softmax"] = Field(
+    readout: Literal["hamming_weight", "z_softmax", "zz_softmax"] = Field(
         "z_softmax",
         description="Class readout: hamming_weight (a bitstring votes for its popcount mod "
-        "classes) or z_softmax (each qubit's Pauli-Z expectation into a trainable softmax "
-        "layer).",
+        "classes), z_softmax (each qubit's Pauli-Z expectation into a trainable softmax "
+        "layer) or zz_softmax (as z_softmax, plus neighbouring qubits' Z_q Z_q+1).",
     )
 
     @property
