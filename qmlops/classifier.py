@@ -60,9 +60,10 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
     :func:`qmlops.preprocessing.make_preprocessor`). See :mod:`qmlops.readout` for the readouts.
 
     By default every qubit's Pauli-Z expectation feeds a trainable softmax layer and the data
-    are uploaded twice (``readout="z_softmax"``, ``reuploads=2``): the model-quality benchmark
-    (``make bench-quality``, ``benchmarks/quality.py``) chose them over the Hamming-weight
-    readout with one upload.
+    are uploaded twice (``readout="z_softmax"``, ``reuploads=2``), for 150 Adam steps: the
+    model-quality benchmark (``make bench-quality``, ``benchmarks/quality.py``) chose them over
+    the Hamming-weight readout with one upload, and 150 steps over 100 (with the flows'
+    narrower angle range above 4 qubits, :func:`qmlops.config.default_encoding_scale`).
 
     Args:
         feature_map: ``"zz"``, ``"z"`` or ``"pauli"``.
@@ -173,7 +174,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         reuploads: int = 2,
         readout: str = "z_softmax",
         optimizer: str = "adam",
-        maxiter: int = 100,
+        maxiter: int = 150,
         learning_rate: float = 0.1,
         batch_size: int | None = 48,
         learning_rate_schedule: str = "cosine",
