@@ -1020,7 +1020,9 @@ def observable_means(packed: np.ndarray, observables: np.ndarray) -> np.ndarray:
     Returns:
         Array ``(M, N, R)``: each observable's mean over the shots.
     """
-    return np.moveaxis(observables[:, _outcomes(packed)].mean(axis=-1), 0, -1)
+    outcomes = _outcomes(packed)
+    # One observable at a time: all at once would hold R copies of every shot.
+    return np.stack([row[outcomes].mean(axis=-1) for row in observables], axis=-1)
 
 
 def z_product_qubits(observables: np.ndarray) -> list[list[int]]:
