@@ -26,6 +26,7 @@ from qmlops.config import (
     DeviceConfig,
     TrackingConfig,
     resolve_circuit,
+    resolve_encoding,
     resolve_model_name,
 )
 from qmlops.errors import InputError
@@ -108,17 +109,13 @@ def sweep_configurations(
             first = group[0]
             try:
                 data = load_dataset(first.dataset)
-                # Empty qubits and depths resolve from the data as in a single training.
-                group = [
-                    c.model_copy(
-                        update={
-                            "circuit": resolve_circuit(
-                                c.circuit, data.features.shape[1], data.n_classes
-                            )
-                        }
-                    )
-                    for c in group
-                ]
+                # Empty qubits, depths and angle ranges resolve as in a single training.
+                resolved = []
+                for c in group:
+                    circuit = resolve_circuit(c.circuit, data.features.shape[1], data.n_classes)
+                    dataset = resolve_encoding(c.dataset, circuit.qubits)
+                    resolved.append(c.model_copy(update={"circuit": circuit, "dataset": dataset}))
+                group = resolved
                 first = group[0]
                 label = data_key_label(first.dataset, first.circuit.qubits)
                 prepared = preprocess_features(

@@ -22,6 +22,7 @@ from qmlops.config import (
     TrackingConfig,
     TrainingConfig,
     resolve_circuit,
+    resolve_encoding,
     resolve_model_name,
 )
 from qmlops.promotion import PromotionDecision
@@ -70,6 +71,7 @@ def train(
     prepare_tracking(tracking.tracking_uri, tracking.experiment)
     data = load_dataset(dataset)
     circuit = resolve_circuit(circuit, data.features.shape[1], data.n_classes)
+    dataset = resolve_encoding(dataset, circuit.qubits)
     model_name = resolve_model_name(tracking.model_name, dataset)
     prepared = cached(preprocess_features, force)(
         data, dataset, circuit.qubits, training.random_state

@@ -90,7 +90,8 @@ class CircuitSpec:
         paulis: Comma-separated Pauli strings of the ``"pauli"`` feature map.
         reuploads: Blocks of [feature map, ansatz], each ansatz with its own weights (data
             re-uploading, see the module docstring); ``1``: feature map, then ansatz.
-        readout: ``"hamming_weight"`` or ``"z_softmax"`` (see :mod:`qmlops.readout`);
+        readout: ``"hamming_weight"``, ``"z_softmax"`` or ``"zz_softmax"`` (see
+            :mod:`qmlops.readout`);
             descriptions saved before this field existed read as ``"hamming_weight"``.
     """
 
@@ -118,8 +119,8 @@ class CircuitSpec:
         if self.readout == "hamming_weight" and self.n_classes > self.n_qubits + 1:
             raise ConfigurationError(
                 f"{self.n_classes} classes need at least {self.n_classes - 1} qubits with the "
-                f"Hamming-weight readout; got n_qubits={self.n_qubits} (the z_softmax readout "
-                "takes any number of classes)"
+                f"Hamming-weight readout; got n_qubits={self.n_qubits} (the softmax readouts "
+                "take any number of classes)"
             )
         if self.feature_map == "zz" and self.n_qubits < 2:
             raise ConfigurationError("the zz feature map needs at least 2 qubits; use 'z'")

@@ -60,9 +60,10 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
     :func:`qmlops.preprocessing.make_preprocessor`). See :mod:`qmlops.readout` for the readouts.
 
     By default every qubit's Pauli-Z expectation feeds a trainable softmax layer and the data
-    are uploaded twice (``readout="z_softmax"``, ``reuploads=2``): the model-quality benchmark
-    (``make bench-quality``, ``benchmarks/quality.py``) chose them over the Hamming-weight
-    readout with one upload.
+    are uploaded twice (``readout="z_softmax"``, ``reuploads=2``), for 150 Adam steps: the
+    model-quality benchmark (``make bench-quality``, ``benchmarks/quality.py``) chose them over
+    the Hamming-weight readout with one upload, and 150 steps over 100 (with the flows'
+    narrower angle range above 4 qubits, :func:`qmlops.config.default_encoding_scale`).
 
     Args:
         feature_map: ``"zz"``, ``"z"`` or ``"pauli"``.
@@ -78,8 +79,10 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             numpy engine re-uploads the ``z`` and ``zz`` maps; a re-uploaded ``pauli`` map
             runs on Aer.
         readout: ``"z_softmax"`` (default: every qubit's Pauli-Z expectation feeds a
-            trainable softmax layer, trained jointly with the circuit) or ``"hamming_weight"``
-            (each measured bitstring votes for class ``popcount mod n_classes``).
+            trainable softmax layer, trained jointly with the circuit), ``"zz_softmax"`` (the
+            same with every pair of neighbouring qubits' ``Z_q Z_{q+1}`` added to the layer's
+            inputs) or ``"hamming_weight"`` (each measured bitstring votes for class
+            ``popcount mod n_classes``).
         optimizer: ``"adam"`` (exact gradients, see ``gradient``), ``"lbfgs"`` (SciPy's
             L-BFGS-B on all samples with the same exact gradient; needs ``shots=None``),
             ``"spsa"`` or ``"cobyla"``.
@@ -171,7 +174,7 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
         reuploads: int = 2,
         readout: str = "z_softmax",
         optimizer: str = "adam",
-        maxiter: int = 100,
+        maxiter: int = 150,
         learning_rate: float = 0.1,
         batch_size: int | None = 48,
         learning_rate_schedule: str = "cosine",

@@ -15,9 +15,10 @@ device's noise with shots; once trained it predicts on the exact path, so the mo
 is an ordinary classifier (its weights) and its device results come from
 :func:`evaluate_on_device`.
 
-Devices score both readouts from the measured bitstrings (classical bit ``q`` holds qubit ``q``
+Devices score every readout from the measured bitstrings (classical bit ``q`` holds qubit ``q``
 wherever the layout put it): ``"hamming_weight"`` as the class frequencies of the shots,
-``"z_softmax"`` as each qubit's mean of ``±1`` fed to the model's softmax head. With readout
+``"z_softmax"`` as each qubit's mean of ``±1`` (``"zz_softmax"``: and each neighbouring pair's
+mean of the product) fed to the model's softmax head. With readout
 mitigation the same values come from mthree's mitigated quasi-distribution.
 """
 
@@ -50,8 +51,7 @@ from qmlops.noisy_engine import (
     pack_outcomes,
     sample_outcomes,
 )
-from qmlops.readout import z_eigenvalues
-from qmlops.simulation import CircuitEvaluator, class_frequencies, z_expectations
+from qmlops.simulation import CircuitEvaluator, class_frequencies, observable_means
 
 __all__ = [
     "MITIGATIONS",
@@ -373,11 +373,12 @@ class DeviceEvaluator(CircuitEvaluator):
     def raw_values(self, packed: np.ndarray) -> np.ndarray:
         """The readout's values estimated from the measured shots, ``(M, N, R)``.
 
-        Class frequencies for ``"hamming_weight"``, each qubit's mean of ``±1`` for
-        ``"z_softmax"`` (see :meth:`CircuitEvaluator.readout_values`).
+        Class frequencies for ``"hamming_weight"``; for the softmax readouts every observable's
+        mean of ``±1`` (each qubit's Z, and for ``"zz_softmax"`` each neighbouring pair's
+        product; see :meth:`CircuitEvaluator.readout_values`).
         """
-        if self.class_readout.name == "z_softmax":
-            return z_expectations(packed, self.spec.n_qubits)
+        if self.class_readout.has_head:
+            return observable_means(packed, self.class_readout.observables())
         return class_frequencies(packed, self._outcome_class, self.spec.n_classes)
 
     def mitigated_values(self, packed: np.ndarray) -> np.ndarray:
@@ -404,9 +405,9 @@ class DeviceEvaluator(CircuitEvaluator):
         quasis = mitigator.apply_correction(
             [bits[index].get_counts() for index in cells], list(self.transpiled.layout)
         )
-        if self.class_readout.name == "z_softmax":
-            signs = z_eigenvalues(self.spec.n_qubits)  # (n_qubits, 2**n_qubits)
-            out = np.zeros(packed.shape[:2] + (self.spec.n_qubits,))
+        if self.class_readout.has_head:
+            signs = self.class_readout.observables()  # (R, 2**n_qubits) of ±1
+            out = np.zeros(packed.shape[:2] + (self.class_readout.n_values,))
             for index, quasi in zip(cells, quasis, strict=True):
                 # Keys are bitstrings with classical bit 0 rightmost, as the counts were.
                 outcomes = np.array([int(bitstring, 2) for bitstring in quasi], dtype=np.int64)

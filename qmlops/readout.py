@@ -15,6 +15,10 @@ their derivatives with respect to the circuit's weights follow the parameter-shi
   ``(K, n_qubits)`` and ``b`` of length ``K``. The head's ``K * n_qubits + K`` weights follow
   the circuit's weights in the flat weight vector the optimizers train (``W`` row by row, then
   ``b``), and their gradient is analytic. Any number of classes fits any number of qubits.
+* ``"zz_softmax"``: as ``"z_softmax"``, with the correlator ``Z_q Z_{q+1}`` of every pair of
+  neighbouring qubits after the ``n_qubits`` single-qubit values (``R = 2 n_qubits - 1``, so
+  ``W`` is ``(K, 2 n_qubits - 1)``): the head sees second-order features of the measured bits,
+  still diagonal and measured from the same shots.
 """
 
 from __future__ import annotations
@@ -24,13 +28,15 @@ from typing import Literal, get_args
 
 import numpy as np
 
-ReadoutName = Literal["hamming_weight", "z_softmax"]
+ReadoutName = Literal["hamming_weight", "z_softmax", "zz_softmax"]
 READOUTS: tuple[str, ...] = get_args(ReadoutName)
+SOFTMAX_READOUTS: tuple[str, ...] = ("z_softmax", "zz_softmax")
+"""Readouts whose values (expectations of ``±1`` observables) feed a trainable softmax head."""
 DEFAULT_READOUT = "hamming_weight"
 """A circuit description's readout when it names none (descriptions saved before readouts)."""
 
 HEAD_INIT_SCALE = 1.0
-"""Spread of the head's initial ``W`` (normal, divided by ``sqrt(n_qubits)``): logits start of
+"""Spread of the head's initial ``W`` (normal, divided by ``sqrt(R)``): logits start of
 order one, so the softmax is neither flat (no gradient reaches the circuit) nor saturated."""
 
 
@@ -63,12 +69,19 @@ def z_eigenvalues(n_qubits: int) -> np.ndarray:
     return 1.0 - 2.0 * np.stack(bits).astype(np.float64)
 
 
+def zz_eigenvalues(n_qubits: int) -> np.ndarray:
+    """``(2 n_qubits - 1, 2**n_qubits)``: ``Z_q`` for every qubit, then ``Z_q Z_{q+1}``."""
+    singles = z_eigenvalues(n_qubits)
+    return np.concatenate([singles, singles[:-1] * singles[1:]])
+
+
 @dataclass(frozen=True)
 class ClassReadout:
     """The observables a circuit is measured with and the head that makes them probabilities.
 
     Attributes:
-        name: ``"hamming_weight"`` or ``"z_softmax"`` (see the module docstring).
+        name: ``"hamming_weight"``, ``"z_softmax"`` or ``"zz_softmax"`` (see the module
+            docstring).
         n_qubits: Measured qubits.
         n_classes: Classes.
     """
@@ -80,32 +93,41 @@ class ClassReadout:
     @property
     def n_values(self) -> int:
         """Expectation values measured per sample (``R``)."""
-        return self.n_classes if self.name == "hamming_weight" else self.n_qubits
+        if self.name == "hamming_weight":
+            return self.n_classes
+        return self.n_qubits if self.name == "z_softmax" else 2 * self.n_qubits - 1
+
+    @property
+    def has_head(self) -> bool:
+        """Whether the values feed a trainable softmax head (they are ``±1`` expectations)."""
+        return self.name in SOFTMAX_READOUTS
 
     @property
     def n_head_weights(self) -> int:
         """Trainable weights of the classical head (``0`` for the Hamming-weight readout)."""
-        return 0 if self.name == "hamming_weight" else self.n_classes * (self.n_qubits + 1)
+        return self.n_classes * (self.n_values + 1) if self.has_head else 0
 
     def observables(self) -> np.ndarray:
         """The diagonal of every observable, ``(n_values, 2**n_qubits)``."""
         if self.name == "hamming_weight":
             outcome_class = class_of_outcome(self.n_qubits, self.n_classes)
             return np.eye(self.n_classes)[outcome_class].T.copy()
-        return z_eigenvalues(self.n_qubits)
+        if self.name == "z_softmax":
+            return z_eigenvalues(self.n_qubits)
+        return zz_eigenvalues(self.n_qubits)
 
     def initial_head(self, rng: np.random.Generator) -> np.ndarray:
         """Seeded starting weights of the head: small random ``W``, zero ``b``."""
         if self.n_head_weights == 0:
             return np.zeros(0)
-        scale = HEAD_INIT_SCALE / np.sqrt(self.n_qubits)
-        matrix = rng.normal(0.0, scale, self.n_classes * self.n_qubits)
+        scale = HEAD_INIT_SCALE / np.sqrt(self.n_values)
+        matrix = rng.normal(0.0, scale, self.n_classes * self.n_values)
         return np.concatenate([matrix, np.zeros(self.n_classes)])
 
     def _split(self, heads: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """``W (M, K, n)`` and ``b (M, K)`` of head weight points ``(M, H)``."""
-        n_matrix = self.n_classes * self.n_qubits
-        matrix = heads[:, :n_matrix].reshape(-1, self.n_classes, self.n_qubits)
+        """``W (M, K, R)`` and ``b (M, K)`` of head weight points ``(M, H)``."""
+        n_matrix = self.n_classes * self.n_values
+        matrix = heads[:, :n_matrix].reshape(-1, self.n_classes, self.n_values)
         return matrix, heads[:, n_matrix:]
 
     def probabilities(self, values: np.ndarray, heads: np.ndarray) -> np.ndarray:

@@ -996,9 +996,11 @@ class CircuitEvaluator:
     def _aer_observables(self) -> list[SparsePauliOp]:
         """The readout's observables as Pauli sums, in value order."""
         n_qubits = self.spec.n_qubits
-        if self.class_readout.name == "z_softmax":
+        if self.class_readout.has_head:
+            # Every value is a product of Z's: the qubits where its diagonal flips sign.
             return [
-                SparsePauliOp.from_sparse_list([("Z", [q], 1.0)], n_qubits) for q in range(n_qubits)
+                SparsePauliOp.from_sparse_list([("Z" * len(qubits), qubits, 1.0)], n_qubits)
+                for qubits in z_product_qubits(self.class_readout.observables())
             ]
         return [
             _diagonal_to_pauli((self._outcome_class == k).astype(float), n_qubits)
@@ -1025,7 +1027,7 @@ class CircuitEvaluator:
         results = []
         for pub_result in pub_results:
             values = np.moveaxis(np.asarray(pub_result.data.evs), 0, -1)
-            if self.class_readout.name == "z_softmax":
+            if self.class_readout.has_head:
                 results.append(np.clip(values, -1.0, 1.0))
                 continue
             probs = np.clip(values, 0.0, 1.0)
@@ -1051,8 +1053,8 @@ class CircuitEvaluator:
         except Exception as error:  # Aer raises bare exceptions for resource failures
             raise SimulationError(f"Aer sampler failed: {error}") from error
         packed = [np.asarray(pub_result.data.meas.array) for pub_result in pub_results]
-        if self.class_readout.name == "z_softmax":
-            return [z_expectations(bits, self.spec.n_qubits) for bits in packed]
+        if self.class_readout.has_head:
+            return [observable_means(bits, self.class_readout.observables()) for bits in packed]
         return [
             class_frequencies(bits, self._outcome_class, self.spec.n_classes) for bits in packed
         ]
@@ -1079,6 +1081,37 @@ def z_expectations(packed: np.ndarray, n_qubits: int) -> np.ndarray:
     outcomes = _outcomes(packed)
     ones = [((outcomes >> q) & 1).mean(axis=-1) for q in range(n_qubits)]
     return 1.0 - 2.0 * np.stack(ones, axis=-1)
+
+
+def observable_means(packed: np.ndarray, observables: np.ndarray) -> np.ndarray:
+    """Diagonal observables' expectations estimated from a sampler's packed measurement bits.
+
+    Args:
+        packed: ``BitArray.array`` of shape ``(M, N, shots, n_bytes)``, big-endian bytes.
+        observables: ``(R, 2**n_qubits)``: every observable's value on every basis state
+            (:meth:`qmlops.readout.ClassReadout.observables`).
+
+    Returns:
+        Array ``(M, N, R)``: each observable's mean over the shots.
+    """
+    outcomes = _outcomes(packed)
+    # One observable at a time: all at once would hold R copies of every shot.
+    return np.stack([row[outcomes].mean(axis=-1) for row in observables], axis=-1)
+
+
+def z_product_qubits(observables: np.ndarray) -> list[list[int]]:
+    """The qubits of every ``±1`` observable that is a product of Pauli Z's.
+
+    Args:
+        observables: ``(R, 2**n_qubits)`` diagonals, each a product of ``Z_q`` over some qubits.
+
+    Returns:
+        For every row, the qubits ``q`` whose bit flips its sign (``Z_q`` is a factor).
+    """
+    n_qubits = int(observables.shape[1]).bit_length() - 1
+    return [
+        [q for q in range(n_qubits) if row[1 << q] == -row[0]] for row in np.asarray(observables)
+    ]
 
 
 def class_frequencies(packed: np.ndarray, outcome_class: np.ndarray, n_classes: int) -> np.ndarray:

@@ -15,7 +15,7 @@ from prefect.cache_policies import NO_CACHE
 from sklearn.pipeline import Pipeline
 
 from qmlops import data as core_data
-from qmlops.config import DatasetConfig
+from qmlops.config import DatasetConfig, resolve_encoding
 from qmlops.hashing import array_digest
 from qmlops.preprocessing import Splits, make_preprocessor, split_dataset
 from tasks.retry import retrying_task
@@ -82,14 +82,20 @@ def load_dataset(config: DatasetConfig) -> core_data.Dataset:
 def preprocess_features(
     dataset: core_data.Dataset, config: DatasetConfig, n_qubits: int, random_state: int
 ) -> PreparedData:
-    """Split (stratified) and fit the angle encoder on the training split only."""
+    """Split (stratified) and fit the angle encoder on the training split only.
+
+    An empty ``encoding_scale`` takes :func:`~qmlops.config.default_encoding_scale` of
+    ``n_qubits`` (the flows resolve it before logging; this keeps every caller on one rule).
+    """
+    encoding_scale = resolve_encoding(config, n_qubits).encoding_scale
+    assert encoding_scale is not None
     splits = split_dataset(
         dataset,
         test_size=config.test_size,
         validation_size=config.validation_size,
         random_state=random_state,
     )
-    preprocessor = make_preprocessor(splits.X_train.shape[1], n_qubits, config.encoding_scale)
+    preprocessor = make_preprocessor(splits.X_train.shape[1], n_qubits, encoding_scale)
     X_train = preprocessor.fit_transform(splits.X_train)
     X_val = None if splits.X_val is None else preprocessor.transform(splits.X_val)
     X_test = preprocessor.transform(splits.X_test)

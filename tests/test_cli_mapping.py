@@ -60,6 +60,7 @@ TRAIN_OPTIONS: list[tuple[list[str], str, BaseModel]] = [
     (["--entanglement", "full"], "circuit", CircuitConfig(entanglement="full")),
     (["--reuploads", "3"], "circuit", CircuitConfig(reuploads=3)),
     (["--readout", "z_softmax"], "circuit", CircuitConfig(readout="z_softmax")),
+    (["--readout", "zz_softmax"], "circuit", CircuitConfig(readout="zz_softmax")),
     (["--optimizer", "spsa"], "training", TrainingConfig(optimizer="spsa")),
     (["--maxiter", "7"], "training", TrainingConfig(maxiter=7)),
     (["--learning-rate", "0.05"], "training", TrainingConfig(learning_rate=0.05)),

@@ -64,7 +64,7 @@ def test_serve_deploys_runs_from_the_ui_and_stops(stack: Stack, tmp_path: Path) 
     training = nightly["parameter_openapi_schema"]["definitions"]["TrainingConfig"]["properties"]
     assert training["optimizer"]["enum"] == ["adam", "spsa", "cobyla", "lbfgs"]
     assert (training["maxiter"]["minimum"], training["maxiter"]["maximum"]) == (1, 10_000)
-    assert training["maxiter"]["default"] == 100
+    assert training["maxiter"]["default"] == 150
     assert training["maxiter"]["description"]
     deadline = time.monotonic() + 120
     upcoming: list[Any] = []

@@ -56,13 +56,20 @@ def trained_hamming() -> tuple[QuantumClassifier, np.ndarray, np.ndarray]:
     return model, X, y
 
 
-@pytest.fixture(params=["hamming_weight", "z_softmax"])
+@pytest.fixture(scope="module")
+def trained_pairs() -> tuple[QuantumClassifier, np.ndarray, np.ndarray]:
+    """The zz_softmax readout: each qubit's Z and the neighbours' Z Z into the head."""
+    X, y = blobs(16, 2, 2)
+    model = QuantumClassifier(readout="zz_softmax", ansatz_reps=1, maxiter=15, random_state=0)
+    return model.fit(X, y), X, y
+
+
+@pytest.fixture(params=["hamming_weight", "z_softmax", "zz_softmax"])
 def either_readout(
     request: pytest.FixtureRequest,
 ) -> tuple[QuantumClassifier, np.ndarray, np.ndarray]:
-    return request.getfixturevalue(
-        "trained_hamming" if request.param == "hamming_weight" else "trained"
-    )
+    fixtures = {"hamming_weight": "trained_hamming", "z_softmax": "trained"}
+    return request.getfixturevalue(fixtures.get(request.param, "trained_pairs"))
 
 
 # -- registry --------------------------------------------------------------------------------
@@ -197,9 +204,12 @@ def test_noise_parameters_reach_the_simulator(trained_hamming: tuple) -> None:
     assert np.abs(_probabilities(model, X, random_readout) - 0.5).max() < 0.06
 
 
-def test_z_softmax_on_a_noise_free_device_agrees_with_the_exact_model(trained: tuple) -> None:
-    model, X, _ = trained
-    assert model.readout == "z_softmax"
+@pytest.mark.parametrize("fixture", ["trained", "trained_pairs"])
+def test_softmax_readouts_on_a_noise_free_device_agree_with_the_exact_model(
+    fixture: str, request: pytest.FixtureRequest
+) -> None:
+    model, X, _ = request.getfixturevalue(fixture)
+    assert model.readout == {"trained": "z_softmax", "trained_pairs": "zz_softmax"}[fixture]
     quiet = resolve_device("noise:depolarizing", QUIET)
     exact = _exact_values(model, X)
     assert np.abs(exact[:, 0] - exact[:, 1]).max() > 0.3  # swapped qubits would show

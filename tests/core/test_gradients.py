@@ -40,7 +40,7 @@ def _finite_difference_gradient(
     return (losses[:n_weights] - losses[n_weights:]) / (2 * step)
 
 
-@pytest.mark.parametrize("readout", ["hamming_weight", "z_softmax"])
+@pytest.mark.parametrize("readout", ["hamming_weight", "z_softmax", "zz_softmax"])
 @pytest.mark.parametrize("gradient", ["adjoint", "parameter_shift"])
 @pytest.mark.parametrize("ansatz", ["real_amplitudes", "efficient_su2"])
 def test_adam_gradient_of_a_real_fit_equals_finite_differences(

@@ -1,4 +1,5 @@
-"""The ``z_softmax`` readout: Pauli-Z expectations into a trainable softmax layer.
+"""The softmax readouts: Pauli-Z expectations (``z_softmax``), with neighbouring qubits'
+``Z_q Z_{q+1}`` too (``zz_softmax``), into a trainable softmax layer.
 
 Exact against Aer, its gradients (adjoint, parameter shift, finite differences) agree with the
 head's weights included, it trains, serialises, keeps one simulator call per step, and device
@@ -17,8 +18,8 @@ from core_data import blobs
 from qmlops.circuits import CircuitSpec
 from qmlops.classifier import QuantumClassifier
 from qmlops.errors import ConfigurationError
-from qmlops.readout import ClassReadout, z_eigenvalues
-from qmlops.simulation import CircuitEvaluator, z_expectations
+from qmlops.readout import ClassReadout, z_eigenvalues, zz_eigenvalues
+from qmlops.simulation import CircuitEvaluator, observable_means, z_expectations, z_product_qubits
 from qmlops.training import Objective, cross_entropy, cross_entropy_cotangent
 
 SHAPES = [
@@ -31,7 +32,10 @@ SHAPES = [
 ]
 
 
-def _spec(n_qubits: int, n_classes: int, ansatz: str) -> CircuitSpec:
+SOFTMAX_READOUTS = ["z_softmax", "zz_softmax"]
+
+
+def _spec(n_qubits: int, n_classes: int, ansatz: str, readout: str = "z_softmax") -> CircuitSpec:
     feature_map = "z" if n_qubits == 1 else "zz"
     return CircuitSpec(
         n_qubits=n_qubits,
@@ -39,7 +43,7 @@ def _spec(n_qubits: int, n_classes: int, ansatz: str) -> CircuitSpec:
         feature_map=feature_map,
         ansatz=ansatz,
         ansatz_reps=2,
-        readout="z_softmax",
+        readout=readout,
     )
 
 
@@ -82,6 +86,27 @@ def test_spec_counts_head_weights_and_lifts_the_class_limit() -> None:
         CircuitSpec(n_qubits=2, n_classes=2, readout="parity")
     with pytest.raises(ConfigurationError, match="unknown readout"):
         QuantumClassifier(readout="parity").plan(10, 0, 2, 2)
+    # zz_softmax: 2 single-qubit values and 1 neighbour correlator per class, plus the bias
+    pairs = CircuitSpec(n_qubits=2, n_classes=5, ansatz_reps=1, readout="zz_softmax")
+    assert pairs.n_weights == pairs.n_circuit_weights + 5 * 3 + 5
+
+
+def test_zz_observables_are_single_z_then_neighbour_products() -> None:
+    # Basis index b holds qubit q as bit q: Z_q is -1 where that bit is set
+    assert zz_eigenvalues(3).tolist() == [
+        [1, -1, 1, -1, 1, -1, 1, -1],
+        [1, 1, -1, -1, 1, 1, -1, -1],
+        [1, 1, 1, 1, -1, -1, -1, -1],
+        [1, -1, -1, 1, 1, -1, -1, 1],
+        [1, 1, -1, -1, -1, -1, 1, 1],
+    ]
+    readout = ClassReadout("zz_softmax", n_qubits=3, n_classes=2)
+    assert readout.n_values == 5
+    assert readout.n_head_weights == 2 * 5 + 2
+    assert z_product_qubits(readout.observables()) == [[0], [1], [2], [0, 1], [1, 2]]
+    # One qubit has no neighbour: zz_softmax is z_softmax there
+    single = ClassReadout("zz_softmax", n_qubits=1, n_classes=2)
+    np.testing.assert_array_equal(single.observables(), z_eigenvalues(1))
 
 
 def test_descriptions_saved_before_the_readout_read_as_hamming_weight() -> None:
@@ -90,11 +115,12 @@ def test_descriptions_saved_before_the_readout_read_as_hamming_weight() -> None:
     assert CircuitSpec.from_dict(data).readout == "hamming_weight"
 
 
-def test_head_backward_is_the_softmax_chain_rule() -> None:
+@pytest.mark.parametrize("name", SOFTMAX_READOUTS)
+def test_head_backward_is_the_softmax_chain_rule(name: str) -> None:
     # Given a linear loss L = Σ g * softmax(W v + b) of the values and the head
-    readout = ClassReadout("z_softmax", n_qubits=3, n_classes=4)
+    readout = ClassReadout(name, n_qubits=3, n_classes=4)
     rng = np.random.default_rng(0)
-    values = rng.uniform(-1, 1, (5, 3))
+    values = rng.uniform(-1, 1, (5, readout.n_values))
     head = rng.normal(size=readout.n_head_weights)
     g = rng.normal(size=(5, 4))
 
@@ -121,18 +147,21 @@ def test_head_backward_is_the_softmax_chain_rule() -> None:
 # -- engines ---------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("readout", SOFTMAX_READOUTS)
 @pytest.mark.parametrize(("n_qubits", "n_classes", "ansatz"), SHAPES)
-def test_numpy_engine_matches_aer(n_qubits: int, n_classes: int, ansatz: str) -> None:
-    spec = _spec(n_qubits, n_classes, ansatz)
+def test_numpy_engine_matches_aer(n_qubits: int, n_classes: int, ansatz: str, readout: str) -> None:
+    spec = _spec(n_qubits, n_classes, ansatz, readout)
     rng = np.random.default_rng(n_qubits)
     X = rng.uniform(0, 2.2, (5, n_qubits))
     weights = _weights(spec, rng, n_points=3)
     numpy = CircuitEvaluator(spec, backend="numpy")
     aer = CircuitEvaluator(spec, backend="aer")
 
-    # The measured values are every qubit's <Z>, the same on both engines
+    # The measured values are every qubit's <Z> (and, for zz_softmax, every neighbouring
+    # pair's <Z Z>), the same on both engines
     values = numpy.readout_values([(X, weights[:, : spec.n_circuit_weights])])[0]
-    assert values.shape == (3, 5, n_qubits)
+    n_values = n_qubits if readout == "z_softmax" else 2 * n_qubits - 1
+    assert values.shape == (3, 5, n_values)
     assert np.all(np.abs(values) <= 1 + 1e-12)
     np.testing.assert_allclose(
         aer.readout_values([(X, weights[:, : spec.n_circuit_weights])])[0], values, atol=1e-9
@@ -148,8 +177,9 @@ def test_numpy_engine_matches_aer(n_qubits: int, n_classes: int, ansatz: str) ->
         )
 
 
-def test_shot_estimates_converge_to_the_exact_values() -> None:
-    spec = _spec(3, 3, "efficient_su2")
+@pytest.mark.parametrize("readout", SOFTMAX_READOUTS)
+def test_shot_estimates_converge_to_the_exact_values(readout: str) -> None:
+    spec = _spec(3, 3, "efficient_su2", readout)
     rng = np.random.default_rng(2)
     X = rng.uniform(0, 2.2, (4, 3))
     weights = _weights(spec, rng)
@@ -176,18 +206,23 @@ def test_z_expectations_of_packed_bits() -> None:
     expected = [[[1 - 2 * 3 / 4, 1 - 2 * 1 / 4, 1.0], [-1.0, -1.0, -1.0]]]
     np.testing.assert_allclose(got, expected)
     assert z_eigenvalues(2).tolist() == [[1, -1, 1, -1], [1, 1, -1, -1]]
+    # The same means through the readout's observables, with Z0 Z1 and Z1 Z2 after them
+    means = observable_means(outcomes, zz_eigenvalues(3))
+    np.testing.assert_allclose(means[..., :3], expected)
+    np.testing.assert_allclose(means[..., 3:], [[[0.0, 1 / 2], [1.0, 1.0]]])
 
 
 # -- gradients -------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("readout", SOFTMAX_READOUTS)
 @pytest.mark.parametrize(("n_qubits", "n_classes", "ansatz"), SHAPES[1:4])
 @pytest.mark.parametrize("path", ["always", "never"])
 def test_adjoint_parameter_shift_and_finite_differences_agree(
-    n_qubits: int, n_classes: int, ansatz: str, path: str
+    n_qubits: int, n_classes: int, ansatz: str, path: str, readout: str
 ) -> None:
     # Given a mini-batch of the data and weights with a non-trivial head
-    spec = _spec(n_qubits, n_classes, ansatz)
+    spec = _spec(n_qubits, n_classes, ansatz, readout)
     rng = np.random.default_rng(10 + n_qubits)
     X = rng.uniform(0, 2.2, (9, n_qubits))
     y = rng.integers(0, n_classes, 9)
@@ -238,9 +273,10 @@ def test_fit_lowers_the_loss_with_one_simulator_call_per_step(
         assert simulator_calls["CircuitEvaluator.readout_values"] == clf.maxiter
 
 
-def test_both_gradients_train_to_the_same_weights() -> None:
+@pytest.mark.parametrize("readout", SOFTMAX_READOUTS)
+def test_both_gradients_train_to_the_same_weights(readout: str) -> None:
     X, y = blobs(20, 2, 3)
-    params = {"readout": "z_softmax", "ansatz_reps": 1, "maxiter": 8, "random_state": 4}
+    params = {"readout": readout, "ansatz_reps": 1, "maxiter": 8, "random_state": 4}
     adjoint = QuantumClassifier(gradient="adjoint", **params).fit(X, y)  # type: ignore[arg-type]
     shifted = QuantumClassifier(gradient="parameter_shift", **params).fit(X, y)  # type: ignore[arg-type]
     np.testing.assert_allclose(adjoint.weights_, shifted.weights_, atol=1e-8)
@@ -263,12 +299,13 @@ def test_gradient_free_optimizers_train_the_head_too(optimizer: str) -> None:
     assert clf.primitive_calls_ == clf.maxiter + 1
 
 
-def test_state_round_trip_predicts_identically() -> None:
+@pytest.mark.parametrize("readout", SOFTMAX_READOUTS)
+def test_state_round_trip_predicts_identically(readout: str) -> None:
     X, y = blobs(16, 2, 3)
-    clf = QuantumClassifier(readout="z_softmax", ansatz_reps=1, maxiter=4, random_state=0)
+    clf = QuantumClassifier(readout=readout, ansatz_reps=1, maxiter=4, random_state=0)
     clf.fit(X, y)
     state = json.loads(json.dumps(clf.to_state()))
-    assert state["spec"]["readout"] == "z_softmax"
+    assert state["spec"]["readout"] == readout
     restored = QuantumClassifier.from_state(state)
     np.testing.assert_array_equal(restored.predict_proba(X), clf.predict_proba(X))
     assert restored.get_params() == {**clf.get_params(), "callback": None}

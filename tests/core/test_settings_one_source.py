@@ -17,6 +17,7 @@ from qmlops.config import (
     TrainingConfig,
     describe_validation_error,
     resolve_circuit,
+    resolve_encoding,
     resolve_model_name,
     setting_name,
 )
@@ -101,6 +102,25 @@ def test_qubits_follow_the_data_and_explicit_values_win() -> None:
     assert resolve_circuit(CircuitConfig(), 6, 7).n_qubits == 6  # the readout needs 6
     explicit = CircuitConfig(n_qubits=3, ansatz_reps=1)
     assert resolve_circuit(explicit, 30, 2) == explicit
+
+
+def test_the_angle_range_follows_the_width_and_explicit_values_win() -> None:
+    from tasks.data import preprocess_features
+
+    assert DatasetConfig().encoding_scale is None  # from the circuit's width
+    assert resolve_encoding(DatasetConfig(), 2).encoding_scale == 2.2  # moons
+    assert resolve_encoding(DatasetConfig(), 4).encoding_scale == 2.2  # iris
+    assert resolve_encoding(DatasetConfig(), 8).encoding_scale == 1.0  # breast_cancer
+    explicit = DatasetConfig(encoding_scale=3.0)
+    assert resolve_encoding(explicit, 8) == explicit
+    # The preprocessing task applies the same rule to an empty range, for any caller
+    data = load_builtin("breast_cancer", n_samples=40)
+    config = DatasetConfig(name="breast_cancer")
+    for n_qubits, top in ((8, 1.0), (4, 2.2)):
+        prepared = preprocess_features.fn(data, config, n_qubits, 0)
+        assert prepared.X_train.max() == pytest.approx(top)
+    wide = preprocess_features.fn(data, DatasetConfig(encoding_scale=3.0), 8, 0)
+    assert wide.X_train.max() == pytest.approx(3.0)
 
 
 def test_a_cli_sweep_on_moons_gets_its_qubits_from_the_data() -> None:

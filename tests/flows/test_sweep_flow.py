@@ -160,6 +160,7 @@ def test_thread_sweep_records_parent_children_and_comparison(thread_sweep: dict)
     for child in children:
         assert child.info.status == "FINISHED"
         assert child.data.params["circuit.n_qubits"] == "2"
+        assert child.data.params["dataset.encoding_scale"] == "2.2"
         assert child.data.params["training.random_state"] == "5"
         assert len(client.get_metric_history(child.info.run_id, "train_loss")) == 4
         assert {"test_accuracy", "svc_test_accuracy", "circuit_parameters"} <= set(

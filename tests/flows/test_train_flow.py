@@ -52,6 +52,7 @@ def test_train_flow_records_a_complete_mlflow_run(mlflow_uri: str, tmp_path: Pat
     assert run.data.tags["prefect.flow_run_name"] == run.info.run_name
     params = run.data.params
     assert params["circuit.n_qubits"] == "2"
+    assert params["dataset.encoding_scale"] == "2.2"  # resolved for 2 qubits before logging
     assert params["training.maxiter"] == str(MAXITER)
     assert params["training.random_state"] == "7"
     assert len(params["dataset.fingerprint"]) == 64
@@ -227,3 +228,4 @@ def test_default_settings_reach_the_quality_bar(
     assert result["metrics"]["quantum"]["accuracy"] >= floor
     params = MlflowClient(mlflow_uri).get_run(result["run_id"]).data.params
     assert params["circuit.n_qubits"] == str(n_qubits)
+    assert params["dataset.encoding_scale"] == ("2.2" if n_qubits <= 4 else "1.0")
