@@ -413,6 +413,8 @@ class QuantumClassifier(ClassifierMixin, BaseEstimator):
             schedule=self.learning_rate_schedule,
             early_stopping=stopping,
         )
+        # The fitted model keeps its evaluator for predictions, which need no gradient tapes.
+        evaluator.release_gradient_buffers()
         self._set_fitted(spec, result.weights, evaluator)
         self.resumed_from_ = result.resumed_from
         self.initial_weights_ = initial

@@ -45,13 +45,14 @@ thread, where its matrix products follow threadpoolctl. Aer gets the count as
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import threading
 import time
 from collections import OrderedDict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, NamedTuple, get_args
 
@@ -113,10 +114,11 @@ _PARALLEL_MIN_AMPLITUDES = 2**20
 2 cores: at 6 qubits x 73 points x 48 samples a second thread made a call slower, at 8 qubits
 x 65 x 48 it gained 15 %, at 10 qubits x 81 x 48 45-65 %)."""
 _TAPE_AMPLITUDES = 2**20
-"""Amplitudes per block of samples of the adjoint gradient (its tape keeps every group's input
-states of a block: 16 MiB each). Measured on one thread at 16 qubits (16 samples), the gradient
-took 650 ms in blocks of 2**17 amplitudes, 394 ms of 2**19 and 315 ms of 2**21: narrow blocks
-make narrow matrix products; at 12 qubits (48 samples) 2**17 and above were alike."""
+"""Most amplitudes per block of samples of the adjoint gradient (its tape keeps every group's
+input states of a block: up to 16 MiB each). Measured on one thread at 16 qubits (16 samples),
+the gradient took 650 ms in blocks of 2**17 amplitudes, 394 ms of 2**19 and 315 ms of 2**21:
+narrow blocks make narrow matrix products; at 12 qubits (48 samples) 2**17 and above were
+alike."""
 _UNITARY_MAX_QUBITS = 10
 _DENSE_MAX_QUBITS = 5
 """Widest register whose gradient runs on dense moments (:class:`DenseAnsatz`)."""
@@ -156,6 +158,20 @@ class EnginePrograms(NamedTuple):
     phases: Program | None = None
 
 
+class _GradientBuffers(NamedTuple):
+    """The buffers of one block of samples of the adjoint gradient, kept between calls.
+
+    Attributes:
+        tapes: One tape per ansatz block.
+        scratch: The block's input states and the cotangent at its output.
+        workspace: The passes of its backward sweep.
+    """
+
+    tapes: list[Tape]
+    scratch: Tape
+    workspace: Workspace
+
+
 class _AdjointSweep(NamedTuple):
     """What both paths of the adjoint sweep read, and where they write the readout values.
 
@@ -179,21 +195,32 @@ class _AdjointSweep(NamedTuple):
     values: np.ndarray
     real: bool
 
-    def output_cotangent(self, amplitudes: np.ndarray, positions: np.ndarray) -> np.ndarray:
+    def output_cotangent(
+        self, amplitudes: np.ndarray, positions: np.ndarray, scratch: Tape
+    ) -> np.ndarray:
         """Readout values of ``positions``; returns what the backward sweep carries at the output.
 
         With ``v_r = Σ_b O[r, b] |ψ_b|²``, ``dL/dψ_b* = (Σ_r dL/dv_r O[r, b]) ψ_b``.
 
         Args:
-            amplitudes: The output states of the evaluated rows at ``positions`` ``(1, 2**n, L)``.
+            amplitudes: The output states of the evaluated rows at ``positions`` ``(1, 2**n, L)``
+                (C-contiguous); consumed.
             positions: Their positions among the evaluated rows.
+            scratch: Buffers for the result and its intermediates.
         """
-        values = self.readout(amplitudes, consume=False)[0]  # (L, R)
-        self.values[positions] = values
-        per_state = np.matmul(self.cotangent(values, positions), self.readout.observables).T
+        _, dim, columns = amplitudes.shape
+        carried = scratch.next((dim, columns), np.dtype(np.complex128))
+        # A complex sweep carries conj(λ), a real one λ (its states are float64 views).
         if self.real:
-            return (per_state * amplitudes[0]).view(np.float64)
-        return per_state * np.conj(amplitudes[0])
+            np.copyto(carried, amplitudes[0])
+        else:
+            np.conjugate(amplitudes[0], out=carried)
+        values = self.readout(amplitudes)[0]  # (L, R); squares the amplitudes in place
+        self.values[positions] = values
+        per_state = scratch.next((columns, dim), np.dtype(np.float64))
+        np.matmul(self.cotangent(values, positions), self.readout.observables, out=per_state)
+        carried *= per_state.T
+        return carried.view(np.float64) if self.real else carried
 
 
 @functools.lru_cache(maxsize=64)
@@ -252,12 +279,30 @@ def _numpy_programs(spec: CircuitSpec, shots: int | None, requested: str) -> Eng
         return None
 
 
+def _tape_blocks(n_samples: int, dim: int, threads: int) -> tuple[list[tuple[int, int]], int]:
+    """The blocks of samples ``(start, stop)`` the adjoint gradient tapes, and its threads.
+
+    Blocks hold at most :data:`_TAPE_AMPLITUDES` amplitudes (one sample at least), and their
+    number is a multiple of the threads, in blocks of equal size (give or take a sample): at
+    16 qubits, 48 samples made three blocks of 16 on two threads, two rounds of which the
+    second kept one thread idle; four blocks of 12 keep both busy in both rounds.
+    """
+    threads = threads if n_samples * dim >= _PARALLEL_MIN_AMPLITUDES else 1
+    n_blocks = -(-n_samples * dim // _TAPE_AMPLITUDES)
+    n_blocks = max(1, min(n_samples, -(-n_blocks // threads) * threads))
+    bounds = [n_samples * k // n_blocks for k in range(n_blocks + 1)]
+    return list(zip(bounds[:-1], bounds[1:], strict=True)), min(threads, n_blocks)
+
+
 def adjoint_states_held(spec: CircuitSpec, n_samples: int, threads: int) -> int:
     """Statevectors the adjoint gradient holds at once, beyond the forward pass's (size guard).
 
-    Each worker thread tapes a block of samples: one state per sample for every group of the
-    layers of every ansatz block and the final states, the re-uploaded states, plus the
-    cotangent and a scratch copy in the backward sweep. Up to ``_DENSE_MAX_QUBITS`` qubits the
+    Each worker thread tapes a block of samples (:func:`_tape_blocks`), one state per sample
+    for: the block's input, every pass of every ansatz block (the taped group inputs and the
+    final states), the re-uploaded states, the cotangent at the output and the readout's
+    factor of it (real: half a state, counted as one), and the backward sweep's two buffers.
+    The evaluator keeps these buffers between calls, one set per thread, until
+    :meth:`CircuitEvaluator.release_gradient_buffers`. Up to ``_DENSE_MAX_QUBITS`` qubits the
     gradient runs on dense moments instead (:class:`DenseAnsatz`).
     """
     ansatz = _programs(spec).ansatz
@@ -268,10 +313,10 @@ def adjoint_states_held(spec: CircuitSpec, n_samples: int, threads: int) -> int:
         # output and the cotangent.
         moments = ansatz.dense.rows.shape[0]
         return 4 * spec.reuploads * moments * dim + (spec.reuploads + 2) * n_samples
-    block = max(1, min(n_samples, _TAPE_AMPLITUDES // dim))
-    blocks = -(-n_samples // block)
+    blocks, threads = _tape_blocks(n_samples, dim, threads)
+    block = max(stop - start for start, stop in blocks)
     uploads = (spec.reuploads - 1) * spec.feature_map_reps
-    return min(threads, blocks) * block * (spec.reuploads * ansatz.n_passes + uploads + 3)
+    return threads * block * (spec.reuploads * ansatz.n_passes + uploads + 5)
 
 
 def _fingerprint(array: np.ndarray) -> str:
@@ -354,6 +399,10 @@ class CircuitEvaluator:
         self._n_circuit_weights = spec.n_circuit_weights
         self._encodings: OrderedDict[str, np.ndarray] = OrderedDict()
         self._workspaces = threading.local()  # one numpy-engine Workspace per thread
+        # The adjoint gradient's tapes and sweep buffers, kept between calls: its worker
+        # threads end with each call, so thread-local buffers would be taken afresh every time.
+        self._gradient_buffers: list[_GradientBuffers] = []
+        self._gradient_buffers_lock = threading.Lock()
         self._readout: Readout | None = None
         self._programs: EnginePrograms | None = None
         self.backend = self._resolve_backend(backend)
@@ -364,12 +413,15 @@ class CircuitEvaluator:
     def __getstate__(self) -> dict[str, object]:
         # Worker-thread buffers are scratch space: not pickled, recreated on demand.
         state = self.__dict__.copy()
-        del state["_workspaces"]
+        for scratch in ("_workspaces", "_gradient_buffers", "_gradient_buffers_lock"):
+            del state[scratch]
         return state
 
     def __setstate__(self, state: dict[str, object]) -> None:
         self.__dict__.update(state)
         self._workspaces = threading.local()
+        self._gradient_buffers = []
+        self._gradient_buffers_lock = threading.Lock()
 
     def _resolve_backend(self, requested: str) -> str:
         self._programs = _numpy_programs(self.spec, self.shots, requested)
@@ -804,12 +856,33 @@ class CircuitEvaluator:
             workspace = self._workspaces.workspace = Workspace()
         return workspace
 
-    def _tapes(self) -> list[Tape]:
-        """This thread's tapes, one per ansatz block."""
-        tapes = getattr(self._workspaces, "tapes", None)
-        if tapes is None:
-            tapes = self._workspaces.tapes = [Tape() for _ in range(self.spec.reuploads)]
-        return tapes
+    @contextlib.contextmanager
+    def _borrowed_gradient_buffers(self) -> Iterator[_GradientBuffers]:
+        """Tapes and sweep buffers for one block of the adjoint gradient, returned after it.
+
+        Buffers kept from earlier calls are reused (at most one set per worker thread). At 16
+        qubits (48 samples, 2 cores shared with other jobs), a gradient took 18,700-24,900 page
+        faults and 1.26-1.81 s of processor time with thread-local tapes (taken afresh by each
+        call's new worker threads), and 80-470 faults and 1.06-1.30 s with these.
+        """
+        with self._gradient_buffers_lock:
+            buffers = self._gradient_buffers.pop() if self._gradient_buffers else None
+        if buffers is None:
+            tapes = [Tape() for _ in range(self.spec.reuploads)]
+            buffers = _GradientBuffers(tapes, Tape(), Workspace())
+        try:
+            yield buffers
+        finally:
+            with self._gradient_buffers_lock:
+                self._gradient_buffers.append(buffers)
+
+    def release_gradient_buffers(self) -> None:
+        """Free the tapes and sweep buffers the adjoint gradient keeps between calls.
+
+        A later :meth:`loss_gradient` takes them afresh (slower on its first call).
+        """
+        with self._gradient_buffers_lock:
+            self._gradient_buffers.clear()
 
     def _sweep_blocks(
         self,
@@ -817,6 +890,7 @@ class CircuitEvaluator:
         tapes: Sequence[Tape],
         carried: np.ndarray,
         phases: np.ndarray | None,
+        workspace: Workspace,
     ) -> list[list[np.ndarray | None]]:
         """The adjoint sweep back over every block [upload, ansatz], last block first.
 
@@ -825,13 +899,14 @@ class CircuitEvaluator:
             tapes: Per block, the tape of its forward run (or of its unitary's run).
             carried: What the sweep carries at the last block's output ``(1, 2**n, L)``.
             phases: Per column, the re-uploads' phases (``None``: one block).
+            workspace: Buffers for the sweep's passes.
 
         Returns:
             Per block, :func:`group_cotangents`.
         """
         assert self._programs is not None
         ansatz, reupload = self._programs.ansatz, self._programs.reupload
-        real, workspace = ansatz.is_real, self._workspace()
+        real = ansatz.is_real
         found: list[list[np.ndarray | None]] = [[] for _ in matrices]
         for block in reversed(range(len(matrices))):
             if block == 0:
@@ -898,12 +973,23 @@ class CircuitEvaluator:
         Returns:
             Per ansatz block, :func:`group_cotangents`.
         """
-        assert self._programs is not None
-        ansatz, reupload, matrices = self._programs.ansatz, self._programs.reupload, sweep.matrices
         states = np.take(sweep.encoded, sweep.rows, axis=1)
         phases = None if sweep.phases is None else np.take(sweep.phases, sweep.rows, axis=1)
+        with self._borrowed_gradient_buffers() as buffers:
+            return self._sweep_unitaries(sweep, states, phases, buffers)
+
+    def _sweep_unitaries(
+        self,
+        sweep: _AdjointSweep,
+        states: np.ndarray,
+        phases: np.ndarray | None,
+        buffers: _GradientBuffers,
+    ) -> list[list[np.ndarray | None]]:
+        """:meth:`_cotangents_by_unitary` on the evaluated states ``(2**n, L)``."""
+        assert self._programs is not None
+        ansatz, reupload, matrices = self._programs.ansatz, self._programs.reupload, sweep.matrices
         dim, real = states.shape[0], sweep.real
-        tapes, workspace = self._tapes(), self._workspace()
+        tapes, workspace = buffers.tapes, buffers.workspace
         identity = np.eye(dim, dtype=np.float64 if real else np.complex128)[None]
         unitaries, inputs = [], []
         amplitudes = states
@@ -918,7 +1004,10 @@ class CircuitEvaluator:
             amplitudes = np.matmul(unitary, inputs[-1])
             if real:
                 amplitudes = amplitudes.view(np.complex128)
-        carried = sweep.output_cotangent(amplitudes[None], np.arange(states.shape[1]))
+        buffers.scratch.clear()
+        carried = sweep.output_cotangent(
+            np.ascontiguousarray(amplitudes)[None], np.arange(states.shape[1]), buffers.scratch
+        )
         found: list[list[np.ndarray | None]] = [[] for _ in matrices]
         for block in reversed(range(len(matrices))):
             # conj(dL/dU) = Σ_samples conj(λ) φ^T: column j is the cotangent of U's column j.
@@ -944,26 +1033,29 @@ class CircuitEvaluator:
             Per ansatz block, :func:`group_cotangents` summed over the samples.
         """
         encoded, phases, rows, matrices = sweep.encoded, sweep.phases, sweep.rows, sweep.matrices
-        dim, n_samples = encoded.shape[0], rows.shape[0]
-        chunk = max(1, min(n_samples, _TAPE_AMPLITUDES // dim))
-        starts = list(range(0, n_samples, chunk))
-        threads = self.threads if n_samples * dim >= _PARALLEL_MIN_AMPLITUDES else 1
+        blocks, threads = _tape_blocks(rows.shape[0], encoded.shape[0], self.threads)
         per_block: dict[int, list[list[np.ndarray | None]]] = {}
 
-        def run_block(start: int) -> None:
-            positions = np.arange(start, min(start + chunk, n_samples))
-            states = np.take(encoded, rows[positions], axis=1)[None]  # (1, D, L)
+        def run_block(block: tuple[int, int]) -> None:
+            positions = np.arange(*block)
             columns = None if phases is None else np.take(phases, rows[positions], axis=1)
-            tapes = self._tapes()
-            amplitudes = self._forward(states, matrices, columns, tapes=tapes)
-            carried = sweep.output_cotangent(amplitudes, positions)
-            per_block[start] = self._sweep_blocks(matrices, tapes, carried[None], columns)
+            with self._borrowed_gradient_buffers() as buffers:
+                scratch = buffers.scratch
+                scratch.clear()
+                states = scratch.next((encoded.shape[0], positions.shape[0]), encoded.dtype)
+                # mode="clip": the rows were checked, and numpy then writes `states` directly.
+                np.take(encoded, rows[positions], axis=1, out=states, mode="clip")
+                amplitudes = self._forward(states[None], matrices, columns, tapes=buffers.tapes)
+                carried = sweep.output_cotangent(amplitudes, positions, scratch)
+                per_block[block[0]] = self._sweep_blocks(
+                    matrices, buffers.tapes, carried[None], columns, buffers.workspace
+                )
 
-        parallel_map(run_block, starts, threads)
+        parallel_map(run_block, blocks, threads)
         return [
             [
                 None if parts[0] is None else np.sum(parts, axis=0)
-                for parts in zip(*(per_block[start][block] for start in starts), strict=True)
+                for parts in zip(*(per_block[start][block] for start, _ in blocks), strict=True)
             ]
             for block in range(len(matrices))
         ]

@@ -946,7 +946,8 @@ class Tape:
     """The input states of every group of a taped :func:`run_fused`, for the backward sweep.
 
     Every pass of a taped run writes into its own buffer, kept between runs like a
-    :class:`Workspace`'s (one tape per thread): fresh arrays cost a page fault per page.
+    :class:`Workspace`'s (its owner keeps the tape for the next run): fresh arrays cost a page
+    fault per page.
 
     Attributes:
         states: The group inputs of the last run, in program order.
@@ -1034,6 +1035,27 @@ def run_fused(
     return psi
 
 
+_SUMMED_SLICE_ENTRIES = 2**16
+"""Entries of the products :func:`_summed_products` computes at once before summing them."""
+
+
+def _summed_products(left: np.ndarray, right: np.ndarray) -> np.ndarray:
+    """``Σ_s left[s] @ right[s]^T`` over the leading axes of two stacks of matrices.
+
+    In slices: the lowest group at 16 qubits is a stack of 4096 products of 16 x 16, which at
+    once fill an array as large as the states, written and read back from memory.
+    """
+    left = left.reshape(-1, *left.shape[-2:])
+    right = right.reshape(-1, *right.shape[-2:])
+    step = max(1, _SUMMED_SLICE_ENTRIES // (left.shape[-2] * right.shape[-2]))
+    total = np.zeros((left.shape[-2], right.shape[-2]), dtype=np.result_type(left, right))
+    for start in range(0, left.shape[0], step):
+        # Transposes: BLAS reads them as they lie.
+        stop = start + step
+        total += np.matmul(left[start:stop], right[start:stop].swapaxes(-1, -2)).sum(axis=0)
+    return total
+
+
 def group_cotangents(
     fused: FusedProgram,
     matrices: Sequence[np.ndarray],
@@ -1090,10 +1112,8 @@ def group_cotangents(
                 view = carried.reshape(states.shape)
                 if weighted[group_number]:
                     remaining -= 1
-                    # conj(dL/dG) = Σ conj(λ) ψ^T (transposes: BLAS reads them as they lie).
-                    results[group_number] = np.matmul(view, states.swapaxes(-1, -2)).sum(
-                        axis=(0, 1)
-                    )
+                    # conj(dL/dG) = Σ conj(λ) ψ^T
+                    results[group_number] = _summed_products(view, states)
                     if remaining == 0 and not to_input:
                         break
                 out = output(view.shape, carried)

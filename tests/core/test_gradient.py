@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import itertools
+import pickle
 
 import numpy as np
 import pytest
@@ -10,6 +11,7 @@ from core_circuits import check_adjoint_gradient, every_stage_circuit, random_st
 from qiskit.quantum_info import Operator
 
 import qmlops.simulation as simulation
+import qmlops.statevector as statevector
 from qmlops import QuantumClassifier
 from qmlops.circuits import ANSATZE, ENTANGLEMENTS, FEATURE_MAPS, CircuitSpec
 from qmlops.errors import ConfigurationError
@@ -146,6 +148,110 @@ def test_blocks_and_worker_threads_give_the_same_gradient(
     assert split.counters.primitive_calls == 1
     np.testing.assert_allclose(got[0], expected[0], atol=1e-13)
     np.testing.assert_allclose(got[1], expected[1], atol=1e-12)
+
+
+def test_group_cotangents_summed_slice_by_slice_give_the_same_gradient(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = CircuitSpec(n_qubits=6, n_classes=2, ansatz="efficient_su2", ansatz_reps=2)
+    rng = np.random.default_rng(5)
+    features = rng.uniform(0.0, np.pi, (7, 6))
+    targets = rng.integers(0, 2, 7)
+    weights = rng.uniform(-np.pi, np.pi, spec.n_weights)
+    whole = CircuitEvaluator(spec, backend="numpy", simulator_threads=1)
+    whole.unitary_path = "never"
+    expected = whole.loss_gradient(features, weights, cross_entropy_cotangent(targets))[1]
+    # One product per slice: the lowest group's 4 products of 16 x 16 become 4 slices.
+    monkeypatch.setattr(statevector, "_SUMMED_SLICE_ENTRIES", 1)
+    sliced = CircuitEvaluator(spec, backend="numpy", simulator_threads=1)
+    sliced.unitary_path = "never"
+    got = sliced.loss_gradient(features, weights, cross_entropy_cotangent(targets))[1]
+    np.testing.assert_allclose(got, expected, atol=1e-12)
+
+
+def test_tape_blocks_give_every_worker_thread_the_same_share() -> None:
+    # 48 samples at 16 qubits: three blocks of 2**20 amplitudes would leave a thread idle.
+    assert simulation._tape_blocks(48, 2**16, 2) == ([(0, 12), (12, 24), (24, 36), (36, 48)], 2)
+    for n_samples, dim, threads in [(455, 2**16, 2), (455, 2**12, 2), (7, 2**18, 3), (5, 2**4, 4)]:
+        blocks, used = simulation._tape_blocks(n_samples, dim, threads)
+        sizes = [stop - start for start, stop in blocks]
+        assert [start for start, _ in blocks[1:]] == [stop for _, stop in blocks[:-1]]
+        assert (blocks[0][0], blocks[-1][1]) == (0, n_samples)
+        assert min(sizes) >= 1
+        assert max(sizes) - min(sizes) <= 1
+        assert max(sizes) * dim <= max(dim, simulation._TAPE_AMPLITUDES)
+        assert len(blocks) % used == 0
+        assert used == (threads if n_samples * dim >= simulation._PARALLEL_MIN_AMPLITUDES else 1)
+
+
+def test_gradient_buffers_are_kept_between_calls_until_released(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    spec = CircuitSpec(n_qubits=5, n_classes=2, ansatz="efficient_su2", ansatz_reps=2)
+    rng = np.random.default_rng(3)
+    features = rng.uniform(0.0, np.pi, (9, 5))
+    targets = rng.integers(0, 2, 9)
+    weights = rng.uniform(-np.pi, np.pi, spec.n_weights)
+    fresh = CircuitEvaluator(spec, backend="numpy", simulator_threads=1)
+    fresh.unitary_path = "never"
+    expected = fresh.loss_gradient(features, weights, cross_entropy_cotangent(targets))[1]
+    # Blocks of two samples, one after the other on the calling thread.
+    monkeypatch.setattr(simulation, "_TAPE_AMPLITUDES", 2**6)
+    evaluator = CircuitEvaluator(spec, backend="numpy", simulator_threads=1)
+    evaluator.unitary_path = "never"
+    first = evaluator.loss_gradient(features, weights, cross_entropy_cotangent(targets))[1]
+    kept = list(evaluator._gradient_buffers)
+    assert len(kept) == 1
+    few = np.array([4, 1, 7])
+    smaller = evaluator.loss_gradient(features, weights, cross_entropy_cotangent(targets[few]), few)
+    assert evaluator._gradient_buffers == kept  # the same tapes again, not fresh ones
+    again = evaluator.loss_gradient(features, weights, cross_entropy_cotangent(targets))[1]
+    np.testing.assert_allclose(first, expected, atol=1e-12)
+    np.testing.assert_array_equal(again, first)
+    np.testing.assert_allclose(
+        smaller[1],
+        fresh.loss_gradient(features, weights, cross_entropy_cotangent(targets[few]), few)[1],
+        atol=1e-12,
+    )
+    copied = pickle.loads(pickle.dumps(evaluator))
+    assert copied._gradient_buffers == []
+    evaluator.release_gradient_buffers()
+    assert evaluator._gradient_buffers == []
+
+
+@pytest.mark.parametrize(("n_samples", "threads"), [(5, 1), (9, 2)])
+def test_kept_gradient_buffers_fit_the_size_guards_plan(
+    monkeypatch: pytest.MonkeyPatch, n_samples: int, threads: int
+) -> None:
+    # Six qubits: smaller registers take the dense-moment gradient, which keeps no tapes.
+    spec = CircuitSpec(n_qubits=6, n_classes=3, ansatz="efficient_su2", ansatz_reps=2)
+    rng = np.random.default_rng(4)
+    features = rng.uniform(0.0, np.pi, (n_samples, 6))
+    targets = rng.integers(0, 3, n_samples)
+    weights = rng.uniform(-np.pi, np.pi, spec.n_weights)
+    monkeypatch.setattr(simulation, "_TAPE_AMPLITUDES", 2**8)  # blocks of up to 4 samples
+    monkeypatch.setattr(simulation, "_PARALLEL_MIN_AMPLITUDES", 1)
+    evaluator = CircuitEvaluator(spec, backend="numpy", simulator_threads=threads)
+    evaluator.unitary_path = "never"
+    evaluator.loss_gradient(features, weights, cross_entropy_cotangent(targets))
+    held = sum(
+        buffer.nbytes
+        for kept in evaluator._gradient_buffers
+        for tape in [*kept.tapes, kept.scratch]
+        for buffer in tape._buffers
+    ) + sum(b.nbytes for kept in evaluator._gradient_buffers for b in kept.workspace._buffers)
+    planned = simulation.adjoint_states_held(spec, n_samples, threads) * 16 * 2**6
+    assert held <= planned
+    if threads == 1:  # one set of buffers, the largest block's: the plan is not far above
+        assert held >= 0.9 * planned
+
+
+def test_fitted_classifier_keeps_no_gradient_buffers() -> None:
+    # Six qubits: smaller registers take the dense-moment gradient, which keeps no tapes.
+    rng = np.random.default_rng(6)
+    X, y = rng.uniform(0.0, np.pi, (16, 6)), rng.integers(0, 2, 16)
+    model = QuantumClassifier(maxiter=2, gradient="adjoint", random_state=0).fit(X, y)
+    assert model._evaluator_._gradient_buffers == []
 
 
 @pytest.mark.parametrize("ansatz", ANSATZE)
