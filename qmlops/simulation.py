@@ -477,13 +477,12 @@ class CircuitEvaluator:
     ) -> list[np.ndarray]:
         """Readout values of checked requests of circuit weight points: one primitive call."""
         started = time.perf_counter()
-        if self.backend == "numpy" and self.spec.n_qubits <= _DENSE_MAX_QUBITS:
+        if self.backend == "numpy":
             # Matrices this small gain nothing from BLAS threads, and on a busy machine their
             # hand-offs cost far more than the products.
-            with single_threaded_blas():
+            small = self.spec.n_qubits <= _DENSE_MAX_QUBITS
+            with single_threaded_blas() if small else contextlib.nullcontext():
                 results = self._numpy_values(checked)
-        elif self.backend == "numpy":
-            results = self._numpy_values(checked)
         elif self.shots is None:
             results = self._aer_exact_values(checked)
         else:
@@ -795,7 +794,7 @@ class CircuitEvaluator:
                 whole_batch.append((probabilities, head_gradient))
             return value_gradient
 
-        dense = self._use_dense(rows.shape[0])
+        dense = self._use_dense()
         # Dense moments build their own matrices; the other two paths share the group matrices.
         matrices = [] if dense else self._block_matrices(points)
         values = np.empty((rows.shape[0], class_readout.n_values))
@@ -860,10 +859,9 @@ class CircuitEvaluator:
     def _borrowed_gradient_buffers(self) -> Iterator[_GradientBuffers]:
         """Tapes and sweep buffers for one block of the adjoint gradient, returned after it.
 
-        Buffers kept from earlier calls are reused (at most one set per worker thread). At 16
-        qubits (48 samples, 2 cores shared with other jobs), a gradient took 18,700-24,900 page
-        faults and 1.26-1.81 s of processor time with thread-local tapes (taken afresh by each
-        call's new worker threads), and 80-470 faults and 1.06-1.30 s with these.
+        Buffers kept from earlier calls are reused (at most one set per worker thread): each
+        call's worker threads are new, so thread-local buffers were taken afresh, page fault by
+        page fault, at every step.
         """
         with self._gradient_buffers_lock:
             buffers = self._gradient_buffers.pop() if self._gradient_buffers else None
@@ -924,7 +922,7 @@ class CircuitEvaluator:
             carried = carried.view(np.float64) if real else carried
         return found
 
-    def _use_dense(self, n_samples: int) -> bool:
+    def _use_dense(self) -> bool:
         if self.unitary_path != "auto":
             return self.unitary_path == "dense"
         return self.spec.n_qubits <= _DENSE_MAX_QUBITS
