@@ -34,6 +34,7 @@ runs blocks on its own worker threads it holds BLAS at one thread
 from __future__ import annotations
 
 import functools
+import itertools
 import math
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -1150,6 +1151,9 @@ _GENERATORS: dict[str, tuple[complex, np.ndarray]] = {
 
 
 _COS_SIN_SHIFT = np.array([0.0, np.pi / 2])
+# Entries of the moments' monomial matrices beyond which the moments are built from their
+# one-qubit factors instead (see DenseAnsatz._monomial_plan): 2**21 complex entries, 32 MiB.
+_MONOMIAL_MAX_ENTRIES = 2**21
 
 
 @dataclass(frozen=True)
@@ -1157,12 +1161,11 @@ class DenseRun:
     """What :meth:`DenseAnsatz.run` computed for a few weight points, kept for the gradient.
 
     Attributes:
-        moments: ``S_j`` ``(B, J, D, D)``: each moment's gates, after the fixed stages before it.
-        prefixes: ``F_j = S_j ... S_1`` ``(B, J, D, D)``.
+        prefixes: ``F_j = S_j ... S_1`` ``(B, J, D, D)``, with ``S_j`` each moment's gates
+            after the fixed stages before it.
         unitaries: The whole ansatz ``U`` of each point ``(B, D, D)``.
     """
 
-    moments: np.ndarray
     prefixes: np.ndarray
     unitaries: np.ndarray
 
@@ -1176,8 +1179,9 @@ class DenseAnsatz:
     the fixed stages before a moment multiply into it. With ``F_j`` the product of the moments up
     to ``j``, ``W_j`` of those after it, and ``Γ = dL/dU*``, a rotation of moment ``j`` with
     ``dR/dθ = K R`` (``K`` acts on its qubit only, so it commutes with the rest of the moment)
-    has ``dL/dθ = 2 Re Tr(K F_j Γ^H W_j)``. One backward product per moment then gives the
-    gradient of every weight, and each trace reads ``2**n`` entries (one per row of ``K``).
+    has ``dL/dθ = 2 Re Tr(K F_j Γ^H W_j)``, and ``W_j = U F_j^H``. Two products over all the
+    moments then give the gradient of every weight, and each trace reads ``2**n`` entries (one
+    per row of ``K``).
 
     The matrices are ``D x D`` with ``D = 2**n``, so this pays off only on a few qubits, where
     a step of the state-by-state sweep is dominated by the number of numpy calls, not their
@@ -1307,56 +1311,125 @@ class DenseAnsatz:
                     basis[2 * k + 1, slot] = -1j * _GENERATORS[rotation][1]
         return scale, basis.reshape(basis.shape[0], -1), constant.reshape(-1)
 
-    def run(self, weights: np.ndarray) -> DenseRun:
-        """The moments, their prefix products and the unitaries at weight points ``(B, P)``."""
+    @functools.cached_property
+    def _monomial_plan(self) -> tuple[np.ndarray, np.ndarray] | None:
+        """Every moment as a linear map of products of its rotations' ``cos a`` and ``sin a``.
+
+        A moment is the Kronecker product of one-qubit factors, each linear in ``(1, cos a,
+        sin a)`` of its own rotation, times the fixed stages before it, so it is a sum over
+        one term per qubit: ``S_j = Σ_c (Π_q u[c_q]) M_jc`` with ``u = (1, cos a_0, sin a_0,
+        cos a_1, ...)``. Building the moments is then one product, instead of a Kronecker
+        product of factors and a product by the fixed stages.
+
+        Returns:
+            The terms ``(J, C, n)`` (indices into ``u``; moments with fewer terms padded with
+            zero matrices) and the matrices ``M`` ``(J, C, 2 * D * D)`` as float64 views; or
+            ``None`` when those would take more than ``_MONOMIAL_MAX_ENTRIES`` entries.
+        """
+        n_fixed = self.fixed.shape[0]
+        identity = np.eye(2, dtype=np.complex128)
+        per_moment: list[list[tuple[tuple[int, ...], np.ndarray]]] = []
+        for moment, rows in enumerate(self.rows.tolist()):
+            slots: list[list[tuple[int, np.ndarray]]] = []
+            for row in rows:
+                if row == 0:
+                    slots.append([(0, identity)])
+                elif row <= n_fixed:
+                    slots.append([(0, self.fixed[row - 1])])
+                else:
+                    k = row - 1 - n_fixed
+                    rotation = self.rotations[k].rotation
+                    if rotation == "p":
+                        slots.append(
+                            [
+                                (0, np.diag([1.0, 0.0]).astype(np.complex128)),
+                                (1 + 2 * k, np.diag([0.0, 1.0]).astype(np.complex128)),
+                                (2 + 2 * k, np.diag([0.0, 1j])),
+                            ]
+                        )
+                    else:
+                        generator = _GENERATORS[rotation][1]
+                        slots.append([(1 + 2 * k, identity), (2 + 2 * k, -1j * generator)])
+            terms = []
+            for combination in itertools.product(*slots):
+                matrix = _kronecker([factor for _, factor in combination])
+                terms.append((tuple(i for i, _ in combination), matrix @ self.before[moment]))
+            per_moment.append(terms)
+        dim = 2**self.n_qubits
+        width = max(len(terms) for terms in per_moment)
+        if len(per_moment) * width * dim * dim > _MONOMIAL_MAX_ENTRIES:
+            return None
+        index = np.zeros((len(per_moment), width, self.n_qubits), dtype=np.intp)
+        matrices = np.zeros((len(per_moment), width, dim * dim), dtype=np.complex128)
+        for moment, terms in enumerate(per_moment):
+            for term, (indices, matrix) in enumerate(terms):
+                index[moment, term] = indices
+                matrices[moment, term] = matrix.ravel()
+        return index, matrices.view(np.float64)
+
+    def _moments(self, weights: np.ndarray) -> np.ndarray:
+        """The moments ``S_j`` ``(B, J, D, D)`` at weight points ``(B, P)``."""
         points = weights.shape[0]
         scale, basis, constant = self._factor_plan
         angles = weights[:, self.weight_index] * scale
         # cos(a - π/2) = sin(a): both in one call, interleaved as the basis rows are.
         trig = np.cos(angles[..., None] - _COS_SIN_SHIFT).reshape(points, -1)
+        dim = 2**self.n_qubits
+        plan = self._monomial_plan
+        if plan is not None:
+            index, matrices = plan
+            values = np.ones((points, 1 + trig.shape[1]))
+            values[:, 1:] = trig
+            monomials = values[:, index].prod(axis=-1)
+            # A real product on the float64 view: casting the monomials to complex costs more.
+            moments = np.matmul(monomials[:, :, None, :], matrices).view(np.complex128)
+            return moments.reshape(points, -1, dim, dim)
         factors = (np.matmul(trig, basis) + constant).reshape(points, *self.rows.shape, 2, 2)
-        moments = np.matmul(
-            _kronecker([factors[:, :, q] for q in range(self.n_qubits)]), self.before
-        )
+        return np.matmul(_kronecker([factors[:, :, q] for q in range(self.n_qubits)]), self.before)
+
+    def run(self, weights: np.ndarray) -> DenseRun:
+        """The moments, their prefix products and the unitaries at weight points ``(B, P)``."""
+        moments = self._moments(weights)
         prefixes = np.empty_like(moments)
         prefixes[:, 0] = moments[:, 0]
         for j in range(1, moments.shape[1]):
             np.matmul(moments[:, j], prefixes[:, j - 1], out=prefixes[:, j])
         last = prefixes[:, -1]
         unitaries = last if self.after is None else np.matmul(self.after, last)
-        return DenseRun(moments, prefixes, unitaries)
+        return DenseRun(prefixes, unitaries)
 
     def gradient(self, run: DenseRun, cotangents: np.ndarray, n_weights: int) -> np.ndarray:
         """``dL/dθ`` ``(B, P)`` of each point, from ``Γ = dL/dU*`` ``(B, D, D)`` of its unitary.
 
         With ``dL = 2 Re Tr(Γ^H dU)`` (so ``Γ = Σ λ φ^H`` over the samples for ``ψ = U φ``).
         """
-        moments = run.moments.shape[1]
-        # conj(W_j^H Γ) for every moment, the cotangent carried back to moment j's output:
-        # conj(S^H X) = S^T conj(X), so the sweep needs no conjugated copies.
-        carried = np.empty_like(run.moments)
-        carried[:, -1] = np.conj(cotangents)
-        if self.after is not None:
-            carried[:, -1] = np.matmul(self.after.T, carried[:, -1])
-        transposed = run.moments.swapaxes(-1, -2)
-        for j in range(moments - 1, 0, -1):
-            np.matmul(transposed[:, j], carried[:, j], out=carried[:, j - 1])
-        # C_j = F_j (W_j^H Γ)^H, read where each rotation's K has its entries.
-        products = np.matmul(run.prefixes, carried.swapaxes(-1, -2))
-        gathered = products.reshape(products.shape[0], -1)[:, self.gather]
-        traces = np.einsum("bkd,kd->bk", gathered, self.coefficients)
-        gradient = 2.0 * np.matmul(traces.real, self._scatter)
+        # The moments are unitary, so the product of those after moment j is W_j = U F_j^H,
+        # and C_j = F_j Γ^H W_j = F_j (Γ^H U) F_j^H: two products over all the moments at
+        # once instead of a sweep back through them.
+        core = np.matmul(cotangents.conj().swapaxes(-1, -2), run.unitaries)
+        products = np.matmul(
+            np.matmul(run.prefixes, core[:, None]), run.prefixes.conj().swapaxes(-1, -2)
+        )
+        points = products.shape[0]
+        gathered = np.take(products.reshape(points, -1), self.gather.ravel(), axis=1)  # (B, R*D)
+        gradient = np.matmul(gathered.view(np.float64), self._trace_map)
         if gradient.shape[1] < n_weights:  # weights that no gate turns
             gradient = np.pad(gradient, ((0, 0), (0, n_weights - gradient.shape[1])))
         return np.asarray(gradient)
 
     @functools.cached_property
-    def _scatter(self) -> np.ndarray:
-        """``(R, W)``: 1 where rotation ``k`` turns weight ``w`` (a weight may turn several)."""
+    def _trace_map(self) -> np.ndarray:
+        """``(2 R D, W)``: the gathered entries (as float64 pairs) to ``dL/dθ`` of each weight.
+
+        ``dL/dθ_w = Σ_k [k turns w] 2 Re Σ_d K_kd X_kd`` for the gathered entries ``X``; with
+        ``X`` read as (re, im) pairs that is one real product.
+        """
         width = int(self.weight_index.max(initial=-1)) + 1
-        scatter = np.zeros((len(self.rotations), width))
-        scatter[np.arange(len(self.rotations)), self.weight_index] = 1.0
-        return scatter
+        rotations, dim = self.coefficients.shape
+        turns = np.zeros((rotations, width))
+        turns[np.arange(rotations), self.weight_index] = 2.0
+        parts = np.stack([self.coefficients.real, -self.coefficients.imag], axis=-1)
+        return (parts[:, :, :, None] * turns[:, None, None, :]).reshape(2 * rotations * dim, width)
 
 
 # -- re-uploaded feature maps -------------------------------------------------------------

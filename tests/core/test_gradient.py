@@ -90,10 +90,14 @@ def test_adjoint_gradient_of_every_gate_kind(group_qubits: int) -> None:
     np.testing.assert_allclose(gradient, expected, atol=1e-9)
 
 
+@pytest.mark.parametrize("monomials", [True, False], ids=["monomials", "factors"])
 @pytest.mark.parametrize("group_qubits", [1, 4])
 def test_dense_moments_give_the_unitary_and_its_gradient_for_every_gate_kind(
-    group_qubits: int,
+    group_qubits: int, monomials: bool, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    # Moments from their monomial matrices, or (past the size limit) from one-qubit factors.
+    if not monomials:
+        monkeypatch.setattr(statevector, "_MONOMIAL_MAX_ENTRIES", 0)
     # Every kind of stage, fixed stages after the last rotation, and two weights used twice.
     circuit, theta = every_stage_circuit()
     circuit.rx(theta[0], 3)
@@ -103,6 +107,7 @@ def test_dense_moments_give_the_unitary_and_its_gradient_for_every_gate_kind(
     circuit.cz(0, 3)
     fused = fuse_program(compile_program(circuit, weights=list(theta)), group_qubits)
     dense = fused.dense
+    assert (dense._monomial_plan is not None) == monomials
     rng = np.random.default_rng(11)
     weights = rng.uniform(-np.pi, np.pi, (2, len(theta)))
     run = dense.run(weights)
