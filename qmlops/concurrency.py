@@ -117,20 +117,20 @@ def shared_blas_threads(threads: int) -> Iterator[None]:
 
 
 @functools.cache
-def _blas_controller() -> Any:
-    """The handle of threadpoolctl on the loaded BLAS libraries, found once.
+def _blas_libraries() -> tuple[Any, ...]:
+    """The threadpoolctl controllers of the loaded BLAS libraries, found once.
 
-    ``threadpool_limits`` looks for the libraries on every call (about a millisecond); the
-    adjoint gradient sets the limit at every optimizer step.
+    Finding them reads every loaded shared object; the adjoint gradient holds BLAS at one
+    thread at every optimizer step.
     """
     from threadpoolctl import ThreadpoolController
 
-    return ThreadpoolController().select(user_api="blas")
+    return tuple(ThreadpoolController().select(user_api="blas").lib_controllers)
 
 
 _blas_lock = threading.Lock()
 _blas_users = 0
-_blas_limiter: Any = None
+_blas_restore: list[tuple[Any, int]] = []
 
 
 @contextlib.contextmanager
@@ -138,13 +138,19 @@ def single_threaded_blas() -> Iterator[None]:
     """Hold numpy's BLAS at one thread while the engine runs its own worker threads.
 
     The engine's worker threads each call BLAS; a threaded BLAS inside each of them would
-    oversubscribe the cores. threadpoolctl's limits are process-wide, so concurrent users share
-    one limit: the first sets it, the last restores what was there before.
+    oversubscribe the cores. BLAS limits are process-wide, so concurrent users share one
+    limit: the first sets it, the last restores what was there before. The libraries are set
+    directly (threadpoolctl's ``limit`` re-reads every library's state on each use, which
+    costs more than a small gradient step's own arithmetic).
     """
-    global _blas_users, _blas_limiter
+    global _blas_users
     with _blas_lock:
         if _blas_users == 0:
-            _blas_limiter = _blas_controller().limit(limits=1)
+            for library in _blas_libraries():
+                threads = library.get_num_threads()
+                if threads is not None and threads != 1:
+                    library.set_num_threads(1)
+                    _blas_restore.append((library, threads))
         _blas_users += 1
     try:
         yield
@@ -152,5 +158,6 @@ def single_threaded_blas() -> Iterator[None]:
         with _blas_lock:
             _blas_users -= 1
             if _blas_users == 0:
-                _blas_limiter.restore_original_limits()
-                _blas_limiter = None
+                for library, threads in _blas_restore:
+                    library.set_num_threads(threads)
+                _blas_restore.clear()

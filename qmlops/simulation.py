@@ -121,6 +121,9 @@ narrow blocks make narrow matrix products; at 12 qubits (48 samples) 2**17 and a
 alike."""
 _UNITARY_MAX_QUBITS = 10
 _DENSE_MAX_QUBITS = 5
+# OpenBLAS's gemm uses one thread below 65536 times GEMM_MULTITHREAD_THRESHOLD (4)
+# multiply-adds (interface/gemm.c).
+_OPENBLAS_THREADED_MIN = 2**18
 """Widest register whose gradient runs on dense moments (:class:`DenseAnsatz`)."""
 _GEMM_SPEEDUP = 8
 
@@ -308,9 +311,9 @@ def adjoint_states_held(spec: CircuitSpec, n_samples: int, threads: int) -> int:
     ansatz = _programs(spec).ansatz
     dim = 2**spec.n_qubits
     if spec.n_qubits <= _DENSE_MAX_QUBITS:
-        # Dense moments: per block, its moments, their prefixes, the carried cotangents and
-        # their products (``2**n`` statevectors each); per sample, each block's input, the
-        # output and the cotangent.
+        # Dense moments: per block, its moments (then the prefixes' conjugates), their
+        # prefixes and the gradient's two products (``2**n`` statevectors each); per sample,
+        # each block's input, the output and the cotangent.
         moments = ansatz.dense.rows.shape[0]
         return 4 * spec.reuploads * moments * dim + (spec.reuploads + 2) * n_samples
     blocks, threads = _tape_blocks(n_samples, dim, threads)
@@ -397,7 +400,11 @@ class CircuitEvaluator:
         self._outcome_class = spec.class_of_outcome()
         self.class_readout: ClassReadout = spec.class_readout()
         self._n_circuit_weights = spec.n_circuit_weights
+        self._n_weights = spec.n_weights
         self._encodings: OrderedDict[str, np.ndarray] = OrderedDict()
+        # A copy of the last features seen and their fingerprint: a training passes the same
+        # array at every step, and comparing it costs a fraction of hashing it again.
+        self._last_features: tuple[np.ndarray, str] | None = None
         self._workspaces = threading.local()  # one numpy-engine Workspace per thread
         # The adjoint gradient's tapes and sweep buffers, kept between calls: its worker
         # threads end with each call, so thread-local buffers would be taken afresh every time.
@@ -517,14 +524,16 @@ class CircuitEvaluator:
     ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         features = np.asarray(features, dtype=np.float64)
         weights = np.asarray(weights, dtype=np.float64)
-        width = self._n_circuit_weights if circuit_only else self.spec.n_weights
+        width = self._n_circuit_weights if circuit_only else self._n_weights
         if features.ndim != 2 or features.shape[1] != self.spec.n_qubits:
             raise InputError(
                 f"features must have shape (n_samples, {self.spec.n_qubits}), got {features.shape}"
             )
         if weights.ndim != 2 or weights.shape[1] != width:
             raise InputError(f"weights must have shape (n_points, {width}), got {weights.shape}")
-        if not (np.all(np.isfinite(features)) and np.all(np.isfinite(weights))):
+        # The last features seen were checked already (a copy with NaN never equals itself).
+        known = self._known_fingerprint(features) is not None
+        if not (np.isfinite(weights).all() and (known or np.isfinite(features).all())):
             raise InputError("features and weights must be finite (no NaN or infinity)")
         rows = np.arange(features.shape[0]) if rows is None else np.asarray(rows, dtype=np.intp)
         return features, weights, rows
@@ -543,8 +552,23 @@ class CircuitEvaluator:
             return self.encode(features)
         return self._cached_encoding(self._programs.phases, features, "phases:")
 
+    def _known_fingerprint(self, features: np.ndarray) -> str | None:
+        """The fingerprint of ``features`` if they equal the last features fingerprinted."""
+        last = self._last_features
+        # NaN never equals itself, so features with NaN are never taken as known.
+        if last is not None and last[0].shape == features.shape and (last[0] == features).all():
+            return last[1]
+        return None
+
+    def _features_fingerprint(self, features: np.ndarray) -> str:
+        known = self._known_fingerprint(features)
+        if known is None:
+            known = _fingerprint(features)
+            self._last_features = (features.copy(), known)
+        return known
+
     def _cached_encoding(self, program: Program, features: np.ndarray, kind: str) -> np.ndarray:
-        key = kind + _fingerprint(features)
+        key = kind + self._features_fingerprint(features)
         cached = self._encodings.get(key)
         if cached is not None:
             self._encodings.move_to_end(key)
@@ -804,7 +828,11 @@ class CircuitEvaluator:
         sweep = _AdjointSweep(
             encoded, phases, rows, matrices, readout, value_cotangent, values, ansatz.is_real
         )
-        with single_threaded_blas():
+        dim = 2**self.spec.n_qubits
+        # OpenBLAS runs a product of fewer multiply-adds than this on one thread whatever its
+        # limit, so setting the limit would only cost time (a small dense step's worth).
+        blas_threads_idle = dense and dim * dim * max(dim, rows.shape[0]) < _OPENBLAS_THREADED_MIN
+        with contextlib.nullcontext() if blas_threads_idle else single_threaded_blas():
             if dense:
                 circuit_gradient = [self._gradient_by_dense_moments(sweep, points[0])]
             else:
@@ -839,8 +867,7 @@ class CircuitEvaluator:
         size = rows.shape[0] + sum(len(r) * w.shape[0] for _, w, r in checked)
         self.counters.circuit_evaluations += size
         self.counters.per_call_sizes.append(size)
-        finite = [np.all(np.isfinite(array)) for array in (probabilities, gradient, *others)]
-        if not all(finite):
+        if not all(np.isfinite(array).all() for array in (probabilities, gradient, *others)):
             raise SimulationError("the simulator returned a non-finite gradient or probabilities")
         return probabilities, gradient, others
 

@@ -152,6 +152,24 @@ def test_numpy_engine_caches_encodings() -> None:
     assert evaluator.counters.encoded_samples == X.shape[0]
 
 
+def test_features_changed_in_place_are_encoded_and_checked_again() -> None:
+    # The evaluator remembers the last features it saw; an array changed in place between
+    # calls is new data, and NaN written into it is still rejected.
+    spec = CircuitSpec(n_qubits=3, n_classes=2)
+    X, W = random_inputs(spec)
+    evaluator = CircuitEvaluator(spec, backend="numpy")
+    before = evaluator.class_probabilities([(X, W)])[0]
+    X[1] += 0.5
+    after = evaluator.class_probabilities([(X, W)])[0]
+    fresh = CircuitEvaluator(spec, backend="numpy").class_probabilities([(X.copy(), W)])[0]
+    np.testing.assert_allclose(after, fresh, atol=1e-12)
+    assert not np.allclose(after[:, 1], before[:, 1])
+    assert evaluator.counters.encoded_samples == 2 * X.shape[0]
+    X[0, 0] = np.nan
+    with pytest.raises(InputError, match="finite"):
+        evaluator.class_probabilities([(X, W)])
+
+
 @pytest.mark.parametrize("backend", ["numpy", "aer"])
 def test_rows_select_a_mini_batch(backend: str) -> None:
     spec = CircuitSpec(n_qubits=3, n_classes=2, ansatz="efficient_su2")
