@@ -13,8 +13,9 @@ Every method computes the loss and its exact gradient for the same model: Z feat
 * ``PennyLane lightning.qubit, adjoint``: a broadcast QNode with ``diff_method="adjoint"``.
 
 Before timing, each PennyLane circuit's class probabilities are checked against ours (to 1e-9)
-at the same weights. Per-step rows time one loss + gradient (median over repetitions,
-alternating between methods); ``forward`` is one of our forward passes on the same samples.
+at the same weights. Per-step rows time one loss + gradient (the median over runs of about
+50 ms of back-to-back calls, the methods taking turns run by run); ``forward`` is one of our
+forward passes on the same samples.
 The training rows time 100 Adam steps (mini-batch or full batch) from the same initial
 weights, with the same Adam update for every method.
 
@@ -257,26 +258,32 @@ def check_probabilities(model: Model, probabilities: Callable[..., Any], rows: n
 
 
 def timed(
-    methods: dict[str, Callable[[], float]], budget_s: float, max_reps: int
+    methods: dict[str, Callable[[], float]], budget_s: float, max_reps: int, run_s: float = 0.05
 ) -> tuple[dict[str, list[float]], dict[str, float]]:
-    """Times of repeated calls of every method, round-robin, after two warm-up calls each.
+    """Per-call times of repeated runs of every method, round-robin, after two warm-up calls.
 
-    The first call compiles (JAX); the second sets how many calls fit the budget.
+    A run is as many back-to-back calls as fill about ``run_s`` (at least one), as a training
+    takes its steps. Alternating single calls would time each method just after another
+    library's call, with its own code and data out of the caches: that slows a sub-millisecond
+    step by more than its own arithmetic costs. The first call compiles (JAX); the second sets
+    the run length and how many runs fit the budget.
     """
-    values, reps = {}, {}
+    values, reps, calls = {}, {}, {}
     for name, step in methods.items():
         values[name] = step()
         started = time.perf_counter()
         step()
-        second = time.perf_counter() - started
-        reps[name] = max(1, min(max_reps, int(budget_s / max(second, 1e-6))))
+        second = max(time.perf_counter() - started, 1e-6)
+        calls[name] = max(1, int(run_s / second))
+        reps[name] = max(1, min(max_reps, int(budget_s / (second * calls[name]))))
     times: dict[str, list[float]] = {name: [] for name in methods}
     for rep in range(max(reps.values())):
         for name, step in methods.items():
             if rep < reps[name]:
                 started = time.perf_counter()
-                step()
-                times[name].append(time.perf_counter() - started)
+                for _ in range(calls[name]):
+                    step()
+                times[name].append((time.perf_counter() - started) / calls[name])
     return times, values
 
 
@@ -510,9 +517,11 @@ def render(
         "Before timing, every PennyLane circuit's class probabilities were checked against "
         "ours at the same weights, and every method's loss against ours (1e-9).\n\n"
         "### Loss + exact gradient, one optimizer step\n\n"
-        "Median wall time (min–max, runs) after two warm-up calls (JAX compiles in the first); "
-        "the methods of one size take turns, call by call; `x forward` divides by one of our "
-        "forward passes on the same samples, `x ours` by our adjoint gradient.\n\n"
+        "Wall time per call, median (min–max) over runs, after two warm-up calls (JAX compiles "
+        "in the first). A run is about 50 ms of back-to-back calls (at least one), as a "
+        "training takes its steps; the methods of one size take turns, run by run. `x forward` "
+        "divides by one of our forward passes on the same samples, `x ours` by our adjoint "
+        "gradient.\n\n"
         + markdown_table(["size", "method", "s per step", "x forward", "x ours"], step_rows)
         + "\n\n"
         + FORWARD_NOTE
