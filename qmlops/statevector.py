@@ -673,14 +673,15 @@ class _AdjointPlan:
 
     Attributes:
         class_groups: Per group class, its groups' program-order numbers, in class order.
-        subscripts: Per group class, per slot: the einsum that contracts a group cotangent
-            with the group's other slots.
+        partial_traces: Per group class of ``k`` qubits: ``(k, 2, 2, 2**(k-1))`` flat indices
+            into a ``2**k x 2**k`` matrix of the entries whose sum is entry ``(a, b)`` of its
+            partial trace over every qubit but slot ``t`` (highest qubit first).
         steps: Per chain step: the slots whose gate there is a rotation, and those rotations.
         first_rotation_step: The first chain step holding a rotation.
     """
 
     class_groups: tuple[tuple[int, ...], ...]
-    subscripts: tuple[tuple[str, ...], ...]
+    partial_traces: tuple[np.ndarray, ...]
     steps: tuple[tuple[np.ndarray, np.ndarray], ...]
     first_rotation_step: int
 
@@ -807,22 +808,22 @@ class _GroupPlan:
         for step in range(self.chains.shape[1]):
             prefixes.append(np.matmul(table[self.chains[:, step]], prefixes[-1]))
         slots = prefixes[-1]
-        # dL/dS per slot: the group cotangent contracted with every other slot of its group.
+        # dL/dS per slot: with D = dL/dG and G = S_t ⊗ (the others) O, the contraction of D
+        # with conj(O) is D (I ⊗ O^H) = (D G^H)(S_t ⊗ I), so dL/dS_t = tr_others(D G^H) S_t.
         slot_cotangents = np.zeros_like(slots)
-        for (size, members), groups, subscripts in zip(
-            self.classes, plan.class_groups, plan.subscripts, strict=True
+        for (size, members), groups, traces in zip(
+            self.classes, plan.class_groups, plan.partial_traces, strict=True
         ):
             if size == 0 or all(cotangents[g] is None for g in groups):
                 continue
             zero = np.zeros((2**size, 2**size))
             found = [cotangents[g] for g in groups]
             stacked = np.stack([zero if cotangent is None else cotangent for cotangent in found])
-            stacked = np.conj(stacked).reshape(len(groups), *(2,) * (2 * size))
-            others = np.conj(slots[members])  # (G, size, 2, 2)
-            for k in range(size):
-                slot_cotangents[members[:, k]] = np.einsum(
-                    subscripts[k], stacked, *[others[:, t] for t in range(size) if t != k]
-                )
+            group_matrices = _kronecker([slots[members[:, k]] for k in range(size)])
+            # conj(conj(D)) G^H = conj(conj(D) G^T): the cotangents come conjugated.
+            product = np.conj(np.matmul(stacked, group_matrices.swapaxes(-1, -2)))
+            reduced = np.take(product.reshape(len(groups), -1), traces, axis=1).sum(axis=-1)
+            slot_cotangents[members] = np.matmul(reduced, slots[members])
         # Back along each slot's chain S = R_C...R_1:
         # dL/dR_j = (R_C...R_j+1)^H dL/dS (R_j-1...R_1)^H.
         derivatives = self._derivatives(weights)
@@ -848,16 +849,18 @@ class _GroupPlan:
             class_groups[number].append(group)
         for groups in class_groups:
             groups.sort(key=lambda g: self.order[g][1])
-        subscripts = []
+        partial_traces = []
         for size, _ in self.classes:
-            rows, columns = "abcdefghijklm"[:size], "nopqrstuvwxyz"[:size]
-            per_slot = []
-            for k in range(size):
-                operands = ["Z" + rows + columns] + [
-                    f"Z{rows[t]}{columns[t]}" for t in range(size) if t != k
-                ]
-                per_slot.append(",".join(operands) + f"->Z{rows[k]}{columns[k]}")
-            subscripts.append(tuple(per_slot))
+            dim = 2**size
+            index = np.arange(dim)
+            traces = np.zeros((size, 2, 2, max(1, dim // 2)), dtype=np.intp)
+            for t in range(size):
+                bit = size - 1 - t  # slot t is the t-th highest qubit of the group
+                rest = index[(index >> bit) & 1 == 0]
+                for a in range(2):
+                    for b in range(2):
+                        traces[t, a, b] = (rest | (a << bit)) * dim + (rest | (b << bit))
+            partial_traces.append(traces)
         steps = []
         for step in range(self.chains.shape[1]):
             slot_index = np.flatnonzero(self.chains[:, step] > n_fixed)
@@ -865,7 +868,7 @@ class _GroupPlan:
         with_rotations = [step for step, (index, _) in enumerate(steps) if index.size]
         return _AdjointPlan(
             class_groups=tuple(tuple(groups) for groups in class_groups),
-            subscripts=tuple(subscripts),
+            partial_traces=tuple(partial_traces),
             steps=tuple(steps),
             first_rotation_step=min(with_rotations, default=0),
         )
