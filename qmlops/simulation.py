@@ -113,6 +113,10 @@ _PARALLEL_MIN_AMPLITUDES = 2**20
 """Below this many amplitudes per call, worker threads cost more than they save (measured on
 2 cores: at 6 qubits x 73 points x 48 samples a second thread made a call slower, at 8 qubits
 x 65 x 48 it gained 15 %, at 10 qubits x 81 x 48 45-65 %)."""
+_PARALLEL_MIN_TAPE_AMPLITUDES = 2**17
+"""Below this many amplitudes per call the adjoint gradient runs on one thread: its passes are
+many small products, and a second thread waiting for the interpreter lock between them cost
+more than it saved (on 2 cores, 12 qubits x 48 samples gained by it, 8 x 200 lost)."""
 _TAPE_AMPLITUDES = 2**20
 """Most amplitudes per block of samples of the adjoint gradient (its tape keeps every group's
 input states of a block: up to 16 MiB each). Measured on one thread at 16 qubits (16 samples),
@@ -290,7 +294,7 @@ def _tape_blocks(n_samples: int, dim: int, threads: int) -> tuple[list[tuple[int
     16 qubits, 48 samples made three blocks of 16 on two threads, two rounds of which the
     second kept one thread idle; four blocks of 12 keep both busy in both rounds.
     """
-    threads = threads if n_samples * dim >= _PARALLEL_MIN_AMPLITUDES else 1
+    threads = threads if n_samples * dim >= _PARALLEL_MIN_TAPE_AMPLITUDES else 1
     n_blocks = -(-n_samples * dim // _TAPE_AMPLITUDES)
     n_blocks = max(1, min(n_samples, -(-n_blocks // threads) * threads))
     bounds = [n_samples * k // n_blocks for k in range(n_blocks + 1)]
@@ -1077,6 +1081,8 @@ class CircuitEvaluator:
                 )
 
         parallel_map(run_block, blocks, threads)
+        if len(blocks) == 1:
+            return per_block[0]
         return [
             [
                 None if parts[0] is None else np.sum(parts, axis=0)

@@ -263,20 +263,6 @@ def _rotation_entries(name: str, angles: np.ndarray) -> tuple[Any, Any, Any, Any
     return None, None, None, np.exp(1j * angles)  # p: m00 == 1
 
 
-def _rotation_derivative(name: str, angles: np.ndarray) -> np.ndarray:
-    """``d/dθ`` of the rotations' matrices at ``angles``: ``(*angles.shape, 2, 2)``."""
-    derivative = np.zeros((*angles.shape, 2, 2), dtype=np.complex128)
-    if name == "p":
-        derivative[..., 1, 1] = 1j * np.exp(1j * angles)
-        return derivative
-    # R(θ) = exp(-iθP/2) gives dR/dθ = -iP R(θ)/2 = R(θ + π)/2.
-    entries = _rotation_entries(name, angles + np.pi)
-    for (row, column), entry in zip(((0, 0), (0, 1), (1, 0), (1, 1)), entries, strict=True):
-        if entry is not None:
-            derivative[..., row, column] = entry / 2.0
-    return derivative
-
-
 def _one_qubit_view(psi: np.ndarray, qubit: int) -> np.ndarray:
     m_points, dim, columns = psi.shape
     return psi.reshape(m_points, dim >> (qubit + 1), 2, 1 << qubit, columns)
@@ -641,20 +627,6 @@ def _fixed_gate_matrix(operation: Operation) -> np.ndarray:
     return operation.matrix
 
 
-def _fill_rotations(
-    matrices: np.ndarray, operations: Sequence[Operation], angles: np.ndarray
-) -> None:
-    """Write the rotations' entries into zeroed ``matrices[:, k]`` (angles ``(M, K)``)."""
-    for rotation in {operation.rotation for operation in operations}:
-        columns = [k for k, operation in enumerate(operations) if operation.rotation == rotation]
-        block = matrices[:, columns]
-        entries = _rotation_entries(rotation, angles[:, columns])
-        for (row, column), entry in zip(((0, 0), (0, 1), (1, 0), (1, 1)), entries, strict=True):
-            # None marks an off-diagonal zero, or p's fixed 1 in the top-left corner.
-            block[..., row, column] = (1.0 if row == column else 0.0) if entry is None else entry
-        matrices[:, columns] = block
-
-
 def _kronecker(factors: Sequence[np.ndarray]) -> np.ndarray:
     """Batched Kronecker product of ``(..., 2, 2)`` factors, the first one leftmost."""
     # Pairwise broadcasting products: twice as fast as one many-operand einsum at 4 factors.
@@ -768,9 +740,41 @@ class _GroupPlan:
         table[:, 1 : 1 + n_fixed] = self.fixed.real if real else self.fixed
         if self.rotations:
             assert weights is not None
-            angles = weights[:, [operation.index for operation in self.rotations]]
-            _fill_rotations(table[:, 1 + n_fixed :], self.rotations, angles)
+            scale, cos_part, sin_part, constant = self._rotation_basis
+            angles = weights[:, self._rotation_weights] * scale
+            rotations = (
+                np.cos(angles)[..., None, None] * cos_part
+                + np.sin(angles)[..., None, None] * sin_part
+                + constant
+            )
+            table[:, 1 + n_fixed :] = rotations.real if real else rotations
         return table
+
+    @functools.cached_property
+    def _rotation_basis(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+        """Every rotation as ``C + cos(a) A + sin(a) B`` with ``a = s θ``.
+
+        ``rx``/``ry``/``rz`` are ``cos(θ/2) I - i sin(θ/2) P`` and ``p`` is
+        ``|0><0| + (cos θ + i sin θ) |1><1|``: a few whole-array operations build them all.
+
+        Returns:
+            ``s`` ``(R,)`` and ``A``, ``B``, ``C`` ``(R, 2, 2)``.
+        """
+        count = len(self.rotations)
+        scale = np.full(count, 0.5)
+        cos_part = np.zeros((count, 2, 2), dtype=np.complex128)
+        sin_part = np.zeros((count, 2, 2), dtype=np.complex128)
+        constant = np.zeros((count, 2, 2), dtype=np.complex128)
+        for k, operation in enumerate(self.rotations):
+            if operation.rotation == "p":
+                scale[k] = 1.0
+                constant[k] = np.diag([1.0, 0.0])
+                cos_part[k] = np.diag([0.0, 1.0])
+                sin_part[k] = np.diag([0.0, 1j])
+            else:
+                cos_part[k] = np.eye(2)
+                sin_part[k] = -1j * _GENERATORS[operation.rotation][1]
+        return scale, cos_part, sin_part, constant
 
     def matrices(self, weights: np.ndarray | None, real: bool) -> list[np.ndarray]:
         """The group matrices ``(M, 2**k, 2**k)`` at weight points ``(M, P)``, in order."""
@@ -889,12 +893,12 @@ class _GroupPlan:
 
     def _derivatives(self, weights: np.ndarray) -> np.ndarray:
         """``dR/dθ`` of every rotation of the table ``(R, 2, 2)`` at one weight point."""
-        derivatives = np.empty((len(self.rotations), 2, 2), dtype=np.complex128)
-        angles = weights[self._rotation_weights]
-        for rotation in {operation.rotation for operation in self.rotations}:
-            chosen = [k for k, op in enumerate(self.rotations) if op.rotation == rotation]
-            derivatives[chosen] = _rotation_derivative(rotation, angles[chosen])
-        return derivatives
+        scale, cos_part, sin_part, _ = self._rotation_basis
+        angles = weights[self._rotation_weights] * scale
+        return np.asarray(
+            scale[:, None, None]
+            * (np.cos(angles)[:, None, None] * sin_part - np.sin(angles)[:, None, None] * cos_part)
+        )
 
 
 def group_matrices(fused: FusedProgram, weights: np.ndarray | None) -> list[np.ndarray]:

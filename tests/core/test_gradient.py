@@ -146,7 +146,7 @@ def test_blocks_and_worker_threads_give_the_same_gradient(
     expected = whole.loss_gradient(features, weights, cross_entropy_cotangent(targets), rows)
     # Blocks of one sample each, on two worker threads.
     monkeypatch.setattr(simulation, "_TAPE_AMPLITUDES", 2**5)
-    monkeypatch.setattr(simulation, "_PARALLEL_MIN_AMPLITUDES", 1)
+    monkeypatch.setattr(simulation, "_PARALLEL_MIN_TAPE_AMPLITUDES", 1)
     split = CircuitEvaluator(spec, backend="numpy", simulator_threads=2)
     split.unitary_path = "never"
     got = split.loss_gradient(features, weights, cross_entropy_cotangent(targets), rows)
@@ -177,6 +177,9 @@ def test_group_cotangents_summed_slice_by_slice_give_the_same_gradient(
 def test_tape_blocks_give_every_worker_thread_the_same_share() -> None:
     # 48 samples at 16 qubits: three blocks of 2**20 amplitudes would leave a thread idle.
     assert simulation._tape_blocks(48, 2**16, 2) == ([(0, 12), (12, 24), (24, 36), (36, 48)], 2)
+    # 12 qubits, 48 samples: two threads; 8 qubits: too small a call to share.
+    assert simulation._tape_blocks(48, 2**12, 2) == ([(0, 24), (24, 48)], 2)
+    assert simulation._tape_blocks(48, 2**8, 2) == ([(0, 48)], 1)
     for n_samples, dim, threads in [(455, 2**16, 2), (455, 2**12, 2), (7, 2**18, 3), (5, 2**4, 4)]:
         blocks, used = simulation._tape_blocks(n_samples, dim, threads)
         sizes = [stop - start for start, stop in blocks]
@@ -186,7 +189,8 @@ def test_tape_blocks_give_every_worker_thread_the_same_share() -> None:
         assert max(sizes) - min(sizes) <= 1
         assert max(sizes) * dim <= max(dim, simulation._TAPE_AMPLITUDES)
         assert len(blocks) % used == 0
-        assert used == (threads if n_samples * dim >= simulation._PARALLEL_MIN_AMPLITUDES else 1)
+        parallel = n_samples * dim >= simulation._PARALLEL_MIN_TAPE_AMPLITUDES
+        assert used == (threads if parallel else 1)
 
 
 def test_gradient_buffers_are_kept_between_calls_until_released(
@@ -235,7 +239,7 @@ def test_kept_gradient_buffers_fit_the_size_guards_plan(
     targets = rng.integers(0, 3, n_samples)
     weights = rng.uniform(-np.pi, np.pi, spec.n_weights)
     monkeypatch.setattr(simulation, "_TAPE_AMPLITUDES", 2**8)  # blocks of up to 4 samples
-    monkeypatch.setattr(simulation, "_PARALLEL_MIN_AMPLITUDES", 1)
+    monkeypatch.setattr(simulation, "_PARALLEL_MIN_TAPE_AMPLITUDES", 1)
     evaluator = CircuitEvaluator(spec, backend="numpy", simulator_threads=threads)
     evaluator.unitary_path = "never"
     evaluator.loss_gradient(features, weights, cross_entropy_cotangent(targets))
