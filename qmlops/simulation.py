@@ -125,10 +125,10 @@ narrow blocks make narrow matrix products; at 12 qubits (48 samples) 2**17 and a
 alike."""
 _UNITARY_MAX_QUBITS = 10
 _DENSE_MAX_QUBITS = 5
-# OpenBLAS's gemm uses one thread below 65536 times GEMM_MULTITHREAD_THRESHOLD (4)
-# multiply-adds (interface/gemm.c).
-_OPENBLAS_THREADED_MIN = 2**18
 """Widest register whose gradient runs on dense moments (:class:`DenseAnsatz`)."""
+_OPENBLAS_THREADED_MIN = 2**18
+"""OpenBLAS's gemm runs on one thread below 65536 times GEMM_MULTITHREAD_THRESHOLD (4)
+multiply-adds (its interface/gemm.c)."""
 _GEMM_SPEEDUP = 8
 
 Request = tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]

@@ -1335,8 +1335,8 @@ class DenseAnsatz:
         """
         n_fixed = self.fixed.shape[0]
         identity = np.eye(2, dtype=np.complex128)
-        per_moment: list[list[tuple[tuple[int, ...], np.ndarray]]] = []
-        for moment, rows in enumerate(self.rows.tolist()):
+        per_moment: list[list[list[tuple[int, np.ndarray]]]] = []
+        for rows in self.rows.tolist():
             slots: list[list[tuple[int, np.ndarray]]] = []
             for row in rows:
                 if row == 0:
@@ -1357,21 +1357,18 @@ class DenseAnsatz:
                     else:
                         generator = _GENERATORS[rotation][1]
                         slots.append([(1 + 2 * k, identity), (2 + 2 * k, -1j * generator)])
-            terms = []
-            for combination in itertools.product(*slots):
-                matrix = _kronecker([factor for _, factor in combination])
-                terms.append((tuple(i for i, _ in combination), matrix @ self.before[moment]))
-            per_moment.append(terms)
+            per_moment.append(slots)
         dim = 2**self.n_qubits
-        width = max(len(terms) for terms in per_moment)
+        width = max(math.prod(len(terms) for terms in slots) for slots in per_moment)
         if len(per_moment) * width * dim * dim > _MONOMIAL_MAX_ENTRIES:
             return None
         index = np.zeros((len(per_moment), width, self.n_qubits), dtype=np.intp)
         matrices = np.zeros((len(per_moment), width, dim * dim), dtype=np.complex128)
-        for moment, terms in enumerate(per_moment):
-            for term, (indices, matrix) in enumerate(terms):
-                index[moment, term] = indices
-                matrices[moment, term] = matrix.ravel()
+        for moment, slots in enumerate(per_moment):
+            for term, combination in enumerate(itertools.product(*slots)):
+                index[moment, term] = [i for i, _ in combination]
+                matrix = _kronecker([factor for _, factor in combination])
+                matrices[moment, term] = (matrix @ self.before[moment]).ravel()
         return index, matrices.view(np.float64)
 
     def _moments(self, weights: np.ndarray) -> np.ndarray:
