@@ -133,8 +133,13 @@ _blas_users = 0
 _blas_restore: list[tuple[Any, int]] = []
 
 
+_OPENBLAS_THREADED_MIN = 2**18
+"""OpenBLAS's gemm runs on one thread below 65536 times GEMM_MULTITHREAD_THRESHOLD (4)
+multiply-adds (its interface/gemm.c)."""
+
+
 @contextlib.contextmanager
-def single_threaded_blas() -> Iterator[None]:
+def single_threaded_blas(largest_product: int | None = None) -> Iterator[None]:
     """Hold numpy's BLAS at one thread while the engine runs its own worker threads.
 
     The engine's worker threads each call BLAS; a threaded BLAS inside each of them would
@@ -142,7 +147,15 @@ def single_threaded_blas() -> Iterator[None]:
     limit: the first sets it, the last restores what was there before. The libraries are set
     directly (threadpoolctl's ``limit`` re-reads every library's state on each use, which
     costs more than a small gradient step's own arithmetic).
+
+    Args:
+        largest_product: Multiply-adds of the largest matrix product inside the block, if
+            known: below OpenBLAS's own threading threshold the limit is left alone, since
+            setting it would only cost time.
     """
+    if largest_product is not None and largest_product < _OPENBLAS_THREADED_MIN:
+        yield
+        return
     global _blas_users
     with _blas_lock:
         if _blas_users == 0:

@@ -126,9 +126,6 @@ alike."""
 _UNITARY_MAX_QUBITS = 10
 _DENSE_MAX_QUBITS = 5
 """Widest register whose gradient runs on dense moments (:class:`DenseAnsatz`)."""
-_OPENBLAS_THREADED_MIN = 2**18
-"""OpenBLAS's gemm runs on one thread below 65536 times GEMM_MULTITHREAD_THRESHOLD (4)
-multiply-adds (its interface/gemm.c)."""
 _GEMM_SPEEDUP = 8
 
 Request = tuple[np.ndarray, np.ndarray] | tuple[np.ndarray, np.ndarray, np.ndarray]
@@ -833,10 +830,9 @@ class CircuitEvaluator:
             encoded, phases, rows, matrices, readout, value_cotangent, values, ansatz.is_real
         )
         dim = 2**self.spec.n_qubits
-        # OpenBLAS runs a product of fewer multiply-adds than this on one thread whatever its
-        # limit, so setting the limit would only cost time (a small dense step's worth).
-        blas_threads_idle = dense and dim * dim * max(dim, rows.shape[0]) < _OPENBLAS_THREADED_MIN
-        with contextlib.nullcontext() if blas_threads_idle else single_threaded_blas():
+        # Dense moments multiply 2**n x 2**n matrices, by each other and by the samples' states.
+        largest = dim * dim * max(dim, rows.shape[0]) if dense else None
+        with single_threaded_blas(largest):
             if dense:
                 circuit_gradient = [self._gradient_by_dense_moments(sweep, points[0])]
             else:
@@ -848,7 +844,9 @@ class CircuitEvaluator:
                 )
                 size = self._n_circuit_weights // self.spec.reuploads
                 circuit_gradient = [
-                    weight_gradient(ansatz, points[0, block * size : (block + 1) * size], found)
+                    weight_gradient(
+                        ansatz, points[0, block * size : (block + 1) * size], found, matrices[block]
+                    )
                     for block, found in enumerate(cotangents)
                 ]
         if whole_batch:
@@ -1189,21 +1187,6 @@ def _outcomes(packed: np.ndarray) -> np.ndarray:
     for byte in range(packed.shape[-1]):
         outcomes = (outcomes << 8) | packed[..., byte].astype(np.int64)
     return outcomes
-
-
-def z_expectations(packed: np.ndarray, n_qubits: int) -> np.ndarray:
-    """Every qubit's Pauli-Z expectation estimated from a sampler's packed measurement bits.
-
-    Args:
-        packed: ``BitArray.array`` of shape ``(M, N, shots, n_bytes)``, big-endian bytes.
-        n_qubits: Measured qubits.
-
-    Returns:
-        Array ``(M, N, n_qubits)`` of means of ``±1`` (``+1`` for a measured 0).
-    """
-    outcomes = _outcomes(packed)
-    ones = [((outcomes >> q) & 1).mean(axis=-1) for q in range(n_qubits)]
-    return 1.0 - 2.0 * np.stack(ones, axis=-1)
 
 
 def observable_means(packed: np.ndarray, observables: np.ndarray) -> np.ndarray:

@@ -627,6 +627,34 @@ def _fixed_gate_matrix(operation: Operation) -> np.ndarray:
     return operation.matrix
 
 
+def _rotation_parts(
+    rotations: Sequence[Operation],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Every weight rotation as ``C + cos(a) A + sin(a) B`` with ``a = s θ``.
+
+    ``rx``/``ry``/``rz`` are ``cos(θ/2) I - i sin(θ/2) P`` and ``p`` is
+    ``|0><0| + (cos θ + i sin θ) |1><1|``: a few whole-array operations build them all.
+
+    Returns:
+        ``s`` ``(R,)`` and ``A``, ``B``, ``C`` ``(R, 2, 2)``.
+    """
+    count = len(rotations)
+    scale = np.full(count, 0.5)
+    cos_part = np.zeros((count, 2, 2), dtype=np.complex128)
+    sin_part = np.zeros((count, 2, 2), dtype=np.complex128)
+    constant = np.zeros((count, 2, 2), dtype=np.complex128)
+    for k, operation in enumerate(rotations):
+        if operation.rotation == "p":
+            scale[k] = 1.0
+            constant[k] = np.diag([1.0, 0.0])
+            cos_part[k] = np.diag([0.0, 1.0])
+            sin_part[k] = np.diag([0.0, 1j])
+        else:
+            cos_part[k] = np.eye(2)
+            sin_part[k] = -1j * _GENERATORS[operation.rotation][1]
+    return scale, cos_part, sin_part, constant
+
+
 def _kronecker(factors: Sequence[np.ndarray]) -> np.ndarray:
     """Batched Kronecker product of ``(..., 2, 2)`` factors, the first one leftmost."""
     # Pairwise broadcasting products: twice as fast as one many-operand einsum at 4 factors.
@@ -752,29 +780,8 @@ class _GroupPlan:
 
     @functools.cached_property
     def _rotation_basis(self) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
-        """Every rotation as ``C + cos(a) A + sin(a) B`` with ``a = s θ``.
-
-        ``rx``/``ry``/``rz`` are ``cos(θ/2) I - i sin(θ/2) P`` and ``p`` is
-        ``|0><0| + (cos θ + i sin θ) |1><1|``: a few whole-array operations build them all.
-
-        Returns:
-            ``s`` ``(R,)`` and ``A``, ``B``, ``C`` ``(R, 2, 2)``.
-        """
-        count = len(self.rotations)
-        scale = np.full(count, 0.5)
-        cos_part = np.zeros((count, 2, 2), dtype=np.complex128)
-        sin_part = np.zeros((count, 2, 2), dtype=np.complex128)
-        constant = np.zeros((count, 2, 2), dtype=np.complex128)
-        for k, operation in enumerate(self.rotations):
-            if operation.rotation == "p":
-                scale[k] = 1.0
-                constant[k] = np.diag([1.0, 0.0])
-                cos_part[k] = np.diag([0.0, 1.0])
-                sin_part[k] = np.diag([0.0, 1j])
-            else:
-                cos_part[k] = np.eye(2)
-                sin_part[k] = -1j * _GENERATORS[operation.rotation][1]
-        return scale, cos_part, sin_part, constant
+        """:func:`_rotation_parts` of the table's rotations."""
+        return _rotation_parts(self.rotations)
 
     def matrices(self, weights: np.ndarray | None, real: bool) -> list[np.ndarray]:
         """The group matrices ``(M, 2**k, 2**k)`` at weight points ``(M, P)``, in order."""
@@ -790,7 +797,11 @@ class _GroupPlan:
         return [built[number][:, position] for number, position in self.order]
 
     def gradient(
-        self, weights: np.ndarray, cotangents: Sequence[np.ndarray | None], n_weights: int
+        self,
+        weights: np.ndarray,
+        cotangents: Sequence[np.ndarray | None],
+        n_weights: int,
+        matrices: Sequence[np.ndarray] | None = None,
     ) -> np.ndarray:
         """The loss gradient with respect to the weights, from the group matrices' cotangents.
 
@@ -799,6 +810,7 @@ class _GroupPlan:
             cotangents: Per group in program order, ``conj(dL/dG)`` as :func:`group_cotangents`
                 returns it (``None`` for a group without weights).
             n_weights: ``P``.
+            matrices: The group matrices at ``weights`` (:meth:`matrices`), if already built.
 
         Returns:
             ``dL/dθ`` ``(P,)``.
@@ -823,7 +835,11 @@ class _GroupPlan:
             zero = np.zeros((2**size, 2**size))
             found = [cotangents[g] for g in groups]
             stacked = np.stack([zero if cotangent is None else cotangent for cotangent in found])
-            group_matrices = _kronecker([slots[members[:, k]] for k in range(size)])
+            group_matrices = (
+                _kronecker([slots[members[:, k]] for k in range(size)])
+                if matrices is None
+                else np.stack([matrices[g][0] for g in groups])
+            )
             # conj(conj(D)) G^H = conj(conj(D) G^T): the cotangents come conjugated.
             product = np.conj(np.matmul(stacked, group_matrices.swapaxes(-1, -2)))
             reduced = np.take(product.reshape(len(groups), -1), traces, axis=1).sum(axis=-1)
@@ -1140,10 +1156,16 @@ def group_cotangents(
 
 
 def weight_gradient(
-    fused: FusedProgram, weights: np.ndarray, cotangents: Sequence[np.ndarray | None]
+    fused: FusedProgram,
+    weights: np.ndarray,
+    cotangents: Sequence[np.ndarray | None],
+    matrices: Sequence[np.ndarray] | None = None,
 ) -> np.ndarray:
-    """``dL/dθ`` ``(P,)`` at one weight point ``(P,)`` from :func:`group_cotangents` (summed)."""
-    return fused.group_plan.gradient(weights, cotangents, weights.shape[0])
+    """``dL/dθ`` ``(P,)`` at one weight point ``(P,)`` from :func:`group_cotangents` (summed).
+
+    ``matrices``: the :func:`group_matrices` of these weights, if the forward pass has them.
+    """
+    return fused.group_plan.gradient(weights, cotangents, weights.shape[0], matrices)
 
 
 # -- small registers: the gradient on whole unitaries ------------------------------------
@@ -1287,19 +1309,18 @@ class DenseAnsatz:
     def _factor_plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every moment's one-qubit factors as a linear map of ``(cos a, sin a)`` per rotation.
 
-        ``rx``/``ry``/``rz`` are ``cos(θ/2) I - i sin(θ/2) P`` and ``p`` is
-        ``|0><0| + (cos θ + i sin θ) |1><1|``, so with ``a = θ/2`` (``θ`` for ``p``) the factors
-        ``(J, n, 2, 2)`` are ``constant + Σ_k cos a_k A_k + sin a_k B_k``.
+        With the rotations' parts (:func:`_rotation_parts`), the factors ``(J, n, 2, 2)`` are
+        ``constant + Σ_k cos a_k A_k + sin a_k B_k``.
 
         Returns:
             The angle scale of each rotation ``(R,)``, the basis ``(2R, J*n*4)`` (rows
             ``A_0, B_0, A_1, ...``) and the constant part ``(J*n*4,)``.
         """
         n_fixed = self.fixed.shape[0]
+        scale, cos_part, sin_part, rotation_constant = _rotation_parts(self.rotations)
         slots = self.rows.reshape(-1)
         constant = np.zeros((slots.shape[0], 2, 2), dtype=np.complex128)
         basis = np.zeros((2 * len(self.rotations), slots.shape[0], 2, 2), dtype=np.complex128)
-        scale = np.full(len(self.rotations), 0.5)
         for slot, row in enumerate(slots.tolist()):
             if row == 0:
                 constant[slot] = np.eye(2)
@@ -1307,15 +1328,9 @@ class DenseAnsatz:
                 constant[slot] = self.fixed[row - 1]
             else:
                 k = row - 1 - n_fixed
-                rotation = self.rotations[k].rotation
-                if rotation == "p":
-                    scale[k] = 1.0
-                    constant[slot] = np.diag([1.0, 0.0])
-                    basis[2 * k, slot] = np.diag([0.0, 1.0])
-                    basis[2 * k + 1, slot] = np.diag([0.0, 1j])
-                else:
-                    basis[2 * k, slot] = np.eye(2)
-                    basis[2 * k + 1, slot] = -1j * _GENERATORS[rotation][1]
+                constant[slot] = rotation_constant[k]
+                basis[2 * k, slot] = cos_part[k]
+                basis[2 * k + 1, slot] = sin_part[k]
         return scale, basis.reshape(basis.shape[0], -1), constant.reshape(-1)
 
     @functools.cached_property
@@ -1335,6 +1350,7 @@ class DenseAnsatz:
         """
         n_fixed = self.fixed.shape[0]
         identity = np.eye(2, dtype=np.complex128)
+        _, cos_part, sin_part, constant = _rotation_parts(self.rotations)
         per_moment: list[list[list[tuple[int, np.ndarray]]]] = []
         for rows in self.rows.tolist():
             slots: list[list[tuple[int, np.ndarray]]] = []
@@ -1345,18 +1361,8 @@ class DenseAnsatz:
                     slots.append([(0, self.fixed[row - 1])])
                 else:
                     k = row - 1 - n_fixed
-                    rotation = self.rotations[k].rotation
-                    if rotation == "p":
-                        slots.append(
-                            [
-                                (0, np.diag([1.0, 0.0]).astype(np.complex128)),
-                                (1 + 2 * k, np.diag([0.0, 1.0]).astype(np.complex128)),
-                                (2 + 2 * k, np.diag([0.0, 1j])),
-                            ]
-                        )
-                    else:
-                        generator = _GENERATORS[rotation][1]
-                        slots.append([(1 + 2 * k, identity), (2 + 2 * k, -1j * generator)])
+                    parts = ((0, constant[k]), (1 + 2 * k, cos_part[k]), (2 + 2 * k, sin_part[k]))
+                    slots.append([(index, part) for index, part in parts if part.any()])
             per_moment.append(slots)
         dim = 2**self.n_qubits
         width = max(math.prod(len(terms) for terms in slots) for slots in per_moment)

@@ -19,7 +19,7 @@ from qmlops.circuits import CircuitSpec
 from qmlops.classifier import QuantumClassifier
 from qmlops.errors import ConfigurationError
 from qmlops.readout import ClassReadout, z_eigenvalues, zz_eigenvalues
-from qmlops.simulation import CircuitEvaluator, observable_means, z_expectations, z_product_qubits
+from qmlops.simulation import CircuitEvaluator, observable_means, z_product_qubits
 from qmlops.training import Objective, cross_entropy, cross_entropy_cotangent
 
 SHAPES = [
@@ -199,14 +199,14 @@ def test_shot_estimates_converge_to_the_exact_values(readout: str) -> None:
     )
 
 
-def test_z_expectations_of_packed_bits() -> None:
+def test_observable_means_of_packed_bits() -> None:
     # Two cells of 4 shots on 3 qubits: outcomes 0b001, 0b011, 0b001, 0b000 and all 0b111
     outcomes = np.array([[[1, 3, 1, 0], [7, 7, 7, 7]]], dtype=np.uint8)[..., None]
-    got = z_expectations(outcomes, 3)
+    got = observable_means(outcomes, z_eigenvalues(3))
     expected = [[[1 - 2 * 3 / 4, 1 - 2 * 1 / 4, 1.0], [-1.0, -1.0, -1.0]]]
     np.testing.assert_allclose(got, expected)
     assert z_eigenvalues(2).tolist() == [[1, -1, 1, -1], [1, 1, -1, -1]]
-    # The same means through the readout's observables, with Z0 Z1 and Z1 Z2 after them
+    # The zz readout's observables: the same Z means, then Z0 Z1 and Z1 Z2
     means = observable_means(outcomes, zz_eigenvalues(3))
     np.testing.assert_allclose(means[..., :3], expected)
     np.testing.assert_allclose(means[..., 3:], [[[0.0, 1 / 2], [1.0, 1.0]]])
