@@ -49,6 +49,7 @@ import contextlib
 import dataclasses
 import functools
 import hashlib
+import math
 import threading
 import time
 from collections import OrderedDict
@@ -323,6 +324,16 @@ def adjoint_states_held(spec: CircuitSpec, n_samples: int, threads: int) -> int:
     return threads * block * (spec.reuploads * ansatz.n_passes + uploads + 5)
 
 
+def _all_finite(*arrays: np.ndarray) -> bool:
+    """Whether every entry of ``arrays`` is finite.
+
+    A NaN or infinity anywhere makes the sum non-finite; one sum per array is a fraction of
+    ``isfinite(...).all()`` on the small arrays of a training step. (A sum of finite entries
+    overflows only past 1e308, out of reach of probabilities and their gradients.)
+    """
+    return math.isfinite(sum(float(np.add.reduce(array, axis=None)) for array in arrays))
+
+
 def _fingerprint(array: np.ndarray) -> str:
     return hashlib.blake2b(
         np.ascontiguousarray(array).tobytes() + str(array.shape).encode(), digest_size=16
@@ -415,8 +426,10 @@ class CircuitEvaluator:
         self._programs: EnginePrograms | None = None
         self.backend = self._resolve_backend(backend)
         self.unitary_path = "auto"
-        """``"auto"``, ``"always"`` or ``"never"``: when the numpy engine multiplies by the
-        ansatz unitary instead of running the ansatz on every sample (for tests)."""
+        """``"auto"``, ``"dense"``, ``"always"`` or ``"never"``: when the numpy engine
+        multiplies by the ansatz unitary instead of running the ansatz on every sample, and
+        whether it builds that unitary from dense moments (``"dense"``; ``"auto"`` does on up
+        to ``_DENSE_MAX_QUBITS`` qubits) or by running the ansatz on the identity (for tests)."""
 
     def __getstate__(self) -> dict[str, object]:
         # Worker-thread buffers are scratch space: not pickled, recreated on demand.
@@ -489,7 +502,10 @@ class CircuitEvaluator:
             # Matrices this small gain nothing from BLAS threads, and on a busy machine their
             # hand-offs cost far more than the products.
             small = self.spec.n_qubits <= _DENSE_MAX_QUBITS
-            with single_threaded_blas() if small else contextlib.nullcontext():
+            dim = 2**self.spec.n_qubits
+            # The largest product multiplies a unitary into one weight point's samples.
+            largest = dim * dim * max([dim, *(rows.shape[0] for _, _, rows in checked)])
+            with single_threaded_blas(largest) if small else contextlib.nullcontext():
                 results = self._numpy_values(checked)
         elif self.shots is None:
             results = self._aer_exact_values(checked)
@@ -640,7 +656,7 @@ class CircuitEvaluator:
             encoded = self.encode(features)  # (D, N): rows selects the columns to evaluate
             phases = self._phases(features) if self.spec.reuploads > 1 else None
             out = np.empty((weights.shape[0], rows.shape[0], self.class_readout.n_values))
-            if self._use_unitary(rows.shape[0], weights.shape[0]):
+            if self._use_dense() or self._use_unitary(rows.shape[0], weights.shape[0]):
                 columns = np.take(encoded, rows, axis=1)
                 phase_columns = None if phases is None else np.take(phases, rows, axis=1)
                 self._probabilities_by_unitary(columns, phase_columns, weights, readout, out)
@@ -668,26 +684,35 @@ class CircuitEvaluator:
         readout: Readout,
         out: np.ndarray,
     ) -> None:
-        """Run each ansatz block on the identity (giving U per weight point), then U @ states.
+        """Build U of each ansatz block per weight point, then U @ states.
 
-        Re-uploads between blocks are applied to the states, sample by sample.
+        U comes from the dense moments on a few qubits (:meth:`_use_dense`), else from running
+        the block on the identity. Re-uploads between blocks are applied to the states, sample
+        by sample.
         """
         assert self._programs is not None
         ansatz, reupload = self._programs.ansatz, self._programs.reupload
         (dim, n_samples), n_points = encoded.shape, weights.shape[0]
-        real = ansatz.is_real
+        dense = self._use_dense()
+        real = ansatz.is_real and not dense  # the dense moments are complex matrices
         dtype = np.float64 if real else np.complex128
+        size = self._n_circuit_weights // self.spec.reuploads
         chunk = max(1, _WORK_BYTES // (COMPLEX_BYTES * dim * max(dim, n_samples)))
         for p0 in range(0, n_points, chunk):
             w = weights[p0 : p0 + chunk]
             amplitudes = encoded[None]
-            for block, matrices in enumerate(self._block_matrices(w)):
+            for block in range(self.spec.reuploads):
                 if block:
                     assert reupload is not None
                     assert phases is not None
                     amplitudes = reupload.apply(amplitudes, phases)
-                # One identity shared by all points: the first matrix product broadcasts it.
-                unitary = run_fused(ansatz, np.eye(dim, dtype=dtype)[None], matrices=matrices)
+                block_weights = w[:, block * size : (block + 1) * size]
+                if dense:
+                    unitary = ansatz.dense.unitaries(block_weights)
+                else:
+                    # One identity shared by all points: the first product broadcasts it.
+                    matrices = group_matrices(ansatz, block_weights)
+                    unitary = run_fused(ansatz, np.eye(dim, dtype=dtype)[None], matrices=matrices)
                 # A real U acts on the real and imaginary parts alike: multiply the float64 view.
                 amplitudes = np.matmul(unitary, amplitudes.view(np.float64) if real else amplitudes)
                 if real:
@@ -858,18 +883,24 @@ class CircuitEvaluator:
                 values, head, cotangent(probabilities, np.arange(rows.shape[0])), probabilities
             )[1]
         gradient = np.concatenate([*circuit_gradient, head_gradient])
-        others = [
-            self._apply_head(v, w)
-            for v, (_, w, _) in zip(
-                self._numpy_values([self._circuit_part(r) for r in checked]), checked, strict=True
-            )
-        ]
+        others = (
+            [
+                self._apply_head(v, w)
+                for v, (_, w, _) in zip(
+                    self._numpy_values([self._circuit_part(r) for r in checked]),
+                    checked,
+                    strict=True,
+                )
+            ]
+            if checked
+            else []
+        )
         self.counters.seconds += time.perf_counter() - started
         self.counters.primitive_calls += 1
         size = rows.shape[0] + sum(len(r) * w.shape[0] for _, w, r in checked)
         self.counters.circuit_evaluations += size
         self.counters.per_call_sizes.append(size)
-        if not all(np.isfinite(array).all() for array in (probabilities, gradient, *others)):
+        if not _all_finite(probabilities, gradient, *others):
             raise SimulationError("the simulator returned a non-finite gradient or probabilities")
         return probabilities, gradient, others
 
@@ -967,32 +998,34 @@ class CircuitEvaluator:
         dense, reupload = self._programs.ansatz.dense, self._programs.reupload
         blocks = self.spec.reuploads
         run = dense.run(weights.reshape(blocks, -1))
-        amplitudes = np.take(sweep.encoded, sweep.rows, axis=1)
-        phases = None if sweep.phases is None else np.take(sweep.phases, sweep.rows, axis=1)
+        # The samples as rows (L, D): the readout is then one product, with no transpose.
+        amplitudes = np.take(sweep.encoded, sweep.rows, axis=1).T
+        phases = None if sweep.phases is None else np.take(sweep.phases, sweep.rows, axis=1).T
         inputs = []
         for block in range(blocks):
             if block:
                 assert reupload is not None
                 assert phases is not None
                 for _ in range(reupload.reps):
-                    amplitudes = phases * np.matmul(reupload.dense, amplitudes)
+                    amplitudes = phases * np.matmul(amplitudes, reupload.dense.T)
             inputs.append(amplitudes)
-            amplitudes = np.matmul(run.unitaries[block], amplitudes)
-        positions = np.arange(sweep.rows.shape[0])
-        values = sweep.readout(amplitudes[None], consume=False)[0]
+            amplitudes = np.matmul(amplitudes, run.unitaries[block].T)
+        values = sweep.readout.of_rows(amplitudes)
         sweep.values[:] = values
-        per_state = np.matmul(sweep.cotangent(values, positions), sweep.readout.observables).T
-        carried = per_state * amplitudes  # λ = dL/dψ*
-        cotangents = np.empty_like(run.unitaries)
+        per_state = np.matmul(
+            sweep.cotangent(values, np.arange(values.shape[0])), sweep.readout.observables
+        )
+        carried = per_state * amplitudes  # λ = dL/dψ*, as rows
+        adjoints = np.empty_like(run.unitaries)
         for block in reversed(range(blocks)):
-            np.matmul(carried, inputs[block].conj().T, out=cotangents[block])
+            np.matmul(inputs[block].T, carried.conj(), out=adjoints[block])  # Γ^H = Σ φ λ^H
             if block:
                 assert reupload is not None
                 assert phases is not None
-                carried = np.matmul(run.unitaries[block].conj().T, carried)
+                carried = np.matmul(carried, run.unitaries[block].conj())  # rows of U^H λ
                 for _ in range(reupload.reps):
-                    carried = np.matmul(reupload.dense, np.conj(phases) * carried)
-        return dense.gradient(run, cotangents, weights.shape[0] // blocks).ravel()
+                    carried = np.matmul(np.conj(phases) * carried, reupload.dense.T)
+        return dense.gradient(run, adjoints, weights.shape[0] // blocks).ravel()
 
     def _cotangents_by_unitary(self, sweep: _AdjointSweep) -> list[list[np.ndarray | None]]:
         """Tape each block on the identity (giving U), then propagate ``dL/dU`` back through it.

@@ -450,6 +450,19 @@ class Readout:
         values = per_part.reshape(n_points, -1, n_samples, 2).sum(axis=-1)
         return np.ascontiguousarray(values.transpose(0, 2, 1))
 
+    def of_rows(self, amplitudes: np.ndarray) -> np.ndarray:
+        """Expectation values ``(L, R)`` of complex states given as rows ``(L, 2**n)``.
+
+        With the states as rows (C-contiguous), the squared (re, im) pairs meet the
+        observables in one product: no sum over the pairs, no transpose.
+        """
+        return np.matmul(np.square(amplitudes.view(np.float64)), self._pair_observables)
+
+    @functools.cached_property
+    def _pair_observables(self) -> np.ndarray:
+        """``(2 * 2**n, R)``: each basis state's observable entries, once for re and once for im."""
+        return np.repeat(self.observables.T, 2, axis=0)
+
 
 def parallel_map(function: Callable[[Any], None], items: Sequence[Any], threads: int) -> None:
     """Call ``function`` on every item, on up to ``threads`` worker threads."""
@@ -1306,18 +1319,18 @@ class DenseAnsatz:
         )
 
     @functools.cached_property
-    def _factor_plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def _factor_plan(self) -> tuple[np.ndarray, np.ndarray]:
         """Every moment's one-qubit factors as a linear map of ``(cos a, sin a)`` per rotation.
 
         With the rotations' parts (:func:`_rotation_parts`), the factors ``(J, n, 2, 2)`` are
         ``constant + Σ_k cos a_k A_k + sin a_k B_k``.
 
         Returns:
-            The angle scale of each rotation ``(R,)``, the basis ``(2R, J*n*4)`` (rows
-            ``A_0, B_0, A_1, ...``) and the constant part ``(J*n*4,)``.
+            The basis ``(2R, J*n*4)`` (rows ``A_0, B_0, A_1, ...``) and the constant part
+            ``(J*n*4,)``.
         """
         n_fixed = self.fixed.shape[0]
-        scale, cos_part, sin_part, rotation_constant = _rotation_parts(self.rotations)
+        _, cos_part, sin_part, rotation_constant = _rotation_parts(self.rotations)
         slots = self.rows.reshape(-1)
         constant = np.zeros((slots.shape[0], 2, 2), dtype=np.complex128)
         basis = np.zeros((2 * len(self.rotations), slots.shape[0], 2, 2), dtype=np.complex128)
@@ -1331,7 +1344,7 @@ class DenseAnsatz:
                 constant[slot] = rotation_constant[k]
                 basis[2 * k, slot] = cos_part[k]
                 basis[2 * k + 1, slot] = sin_part[k]
-        return scale, basis.reshape(basis.shape[0], -1), constant.reshape(-1)
+        return basis.reshape(basis.shape[0], -1), constant.reshape(-1)
 
     @functools.cached_property
     def _monomial_plan(self) -> tuple[np.ndarray, np.ndarray] | None:
@@ -1377,25 +1390,48 @@ class DenseAnsatz:
                 matrices[moment, term] = (matrix @ self.before[moment]).ravel()
         return index, matrices.view(np.float64)
 
+    @functools.cached_property
+    def _angle_plan(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Per rotation twice (``cos a``, then ``sin a``): its weight, the angle scale, a shift.
+
+        ``cos(s θ - π/2) = sin(s θ)``, so one ``cos`` call gives both, interleaved as the rows of
+        the factor basis and the entries of the monomials' ``u`` are.
+        """
+        scale = _rotation_parts(self.rotations)[0]
+        count = len(self.rotations)
+        return (
+            np.repeat(self.weight_index, 2),
+            np.repeat(scale, 2),
+            np.tile(_COS_SIN_SHIFT, count),
+        )
+
     def _moments(self, weights: np.ndarray) -> np.ndarray:
         """The moments ``S_j`` ``(B, J, D, D)`` at weight points ``(B, P)``."""
         points = weights.shape[0]
-        scale, basis, constant = self._factor_plan
-        angles = weights[:, self.weight_index] * scale
-        # cos(a - π/2) = sin(a): both in one call, interleaved as the basis rows are.
-        trig = np.cos(angles[..., None] - _COS_SIN_SHIFT).reshape(points, -1)
+        index, scale, shift = self._angle_plan
         dim = 2**self.n_qubits
         plan = self._monomial_plan
         if plan is not None:
-            index, matrices = plan
-            values = np.ones((points, 1 + trig.shape[1]))
-            values[:, 1:] = trig
-            monomials = values[:, index].prod(axis=-1)
+            terms, matrices = plan
+            values = np.empty((points, 1 + index.shape[0]))  # u = (1, cos a_0, sin a_0, ...)
+            values[:, 0] = 1.0
+            np.cos(np.take(weights, index, axis=1) * scale - shift, out=values[:, 1:])
+            monomials = np.multiply.reduce(np.take(values, terms, axis=1), axis=-1)
             # A real product on the float64 view: casting the monomials to complex costs more.
             moments = np.matmul(monomials[:, :, None, :], matrices).view(np.complex128)
             return moments.reshape(points, -1, dim, dim)
+        basis, constant = self._factor_plan
+        trig = np.cos(np.take(weights, index, axis=1) * scale - shift)
         factors = (np.matmul(trig, basis) + constant).reshape(points, *self.rows.shape, 2, 2)
         return np.matmul(_kronecker([factors[:, :, q] for q in range(self.n_qubits)]), self.before)
+
+    def unitaries(self, weights: np.ndarray) -> np.ndarray:
+        """The whole ansatz ``U`` ``(B, D, D)`` at weight points ``(B, P)`` (no prefixes kept)."""
+        moments = self._moments(weights)
+        unitary = moments[:, 0]
+        for j in range(1, moments.shape[1]):
+            unitary = np.matmul(moments[:, j], unitary)
+        return unitary if self.after is None else np.matmul(self.after, unitary)
 
     def run(self, weights: np.ndarray) -> DenseRun:
         """The moments, their prefix products and the unitaries at weight points ``(B, P)``."""
@@ -1408,15 +1444,16 @@ class DenseAnsatz:
         unitaries = last if self.after is None else np.matmul(self.after, last)
         return DenseRun(prefixes, unitaries)
 
-    def gradient(self, run: DenseRun, cotangents: np.ndarray, n_weights: int) -> np.ndarray:
-        """``dL/dθ`` ``(B, P)`` of each point, from ``Γ = dL/dU*`` ``(B, D, D)`` of its unitary.
+    def gradient(self, run: DenseRun, adjoints: np.ndarray, n_weights: int) -> np.ndarray:
+        """``dL/dθ`` ``(B, P)`` of each point, from ``Γ^H`` ``(B, D, D)`` of its unitary.
 
-        With ``dL = 2 Re Tr(Γ^H dU)`` (so ``Γ = Σ λ φ^H`` over the samples for ``ψ = U φ``).
+        ``Γ = dL/dU*``, with ``dL = 2 Re Tr(Γ^H dU)`` (so ``Γ^H = Σ φ λ^H`` over the samples
+        for ``ψ = U φ``); the caller passes ``Γ^H``, which it can build without a conjugate.
         """
         # The moments are unitary, so the product of those after moment j is W_j = U F_j^H,
         # and C_j = F_j Γ^H W_j = F_j (Γ^H U) F_j^H: two products over all the moments at
         # once instead of a sweep back through them.
-        core = np.matmul(cotangents.conj().swapaxes(-1, -2), run.unitaries)
+        core = np.matmul(adjoints, run.unitaries)
         products = np.matmul(
             np.matmul(run.prefixes, core[:, None]), run.prefixes.conj().swapaxes(-1, -2)
         )

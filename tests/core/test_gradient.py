@@ -114,6 +114,8 @@ def test_dense_moments_give_the_unitary_and_its_gradient_for_every_gate_kind(
     for point in range(2):
         bound = circuit.assign_parameters(dict(zip(theta, weights[point], strict=True)))
         np.testing.assert_allclose(run.unitaries[point], Operator(bound).data, atol=1e-12)
+    # The forward pass's unitaries, built without the prefixes.
+    np.testing.assert_allclose(dense.unitaries(weights), run.unitaries, atol=1e-12)
     # L = 2 Re Tr(Γ^H U) has dL/dθ = 2 Re Tr(Γ^H dU/dθ): what the gradient reads for Γ.
     cotangents = rng.normal(size=(2, 16, 16)) + 1j * rng.normal(size=(2, 16, 16))
 
@@ -121,7 +123,7 @@ def test_dense_moments_give_the_unitary_and_its_gradient_for_every_gate_kind(
         unitary = dense.run(at[None]).unitaries[0]
         return float(2.0 * np.real(np.trace(cotangents[point].conj().T @ unitary)))
 
-    gradient = dense.gradient(run, cotangents, len(theta))
+    gradient = dense.gradient(run, cotangents.conj().swapaxes(-1, -2), len(theta))
     step = 1e-6
     for point in range(2):
         expected = [
