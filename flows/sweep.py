@@ -2,10 +2,10 @@
 
 ``sweep`` expands the search space, opens the parent MLflow run and hands the configurations
 to the nested flow ``sweep-configurations``, whose task runner is the one the parameters ask
-for (threads or Ray): it prepares each dataset once (split, encoder, classical baselines) and
-fans out one ``train-configuration`` task per configuration. ``sweep`` then publishes the
-comparison (Prefect table artifact, MLflow CSV/JSON and figures) and names the best
-configuration.
+for (threads, worker processes or Ray): it prepares each dataset once (split, encoder,
+classical baselines) and fans out one ``train-configuration`` task per configuration.
+``sweep`` then publishes the comparison (Prefect table artifact, MLflow CSV/JSON and figures)
+and names the best configuration.
 """
 
 from __future__ import annotations
@@ -95,7 +95,9 @@ def sweep_configurations(
         classical baselines per data set).
     """
     threads = threads_per_training(execution.max_parallel, available_cores())
-    own_process = execution.runner == "ray"
+    # Worker processes and Ray workers have their process to themselves: each sets its own BLAS
+    # limit; threads share this one (shared_interpreter).
+    own_process = execution.runner != "threads"
     outcomes: dict[str, dict[str, Any]] = {}
     baselines: dict[str, dict[str, float]] = {}
     work: list[tuple[SweepConfiguration, tuple[Any, ...]]] = []
@@ -194,7 +196,7 @@ def sweep(
 
     Args:
         space: Fixed settings, grid axes and random axes (see :mod:`qmlops.search_space`).
-        execution: Task runner (threads or Ray), parallelism and how the best is picked.
+        execution: Task runner (threads, processes or Ray), parallelism and how the best is picked.
         tracking: MLflow experiment, tracking URI and the name the best model is registered
             under (when ``execution.register_best``).
         device: Device settings of every configuration where the space sets none (the space's
