@@ -76,6 +76,22 @@ def _failure(state: Any) -> str:
     return str(state.message or state.type)
 
 
+def failure_of(future: PrefectFuture[Any]) -> str | None:
+    """Why a finished configuration's task did not complete; ``None`` when it did.
+
+    A worker process that dies (killed, out of memory) breaks the process runner's pool: its
+    future and every one still pending raise ``BrokenProcessPool`` instead of giving a state.
+    They are reported as failed configurations, like any other failure, and the sweep goes on
+    to its comparison.
+    """
+    try:
+        future.wait()  # done is not yet final: wait() records the final state
+        state = future.state
+    except Exception as error:  # noqa: BLE001 - the sweep reports it and goes on
+        return _error_text(error)
+    return None if state.is_completed() else _failure(state)
+
+
 @flow(name="sweep-configurations", log_prints=True)
 def sweep_configurations(
     configurations: list[SweepConfiguration],
@@ -155,12 +171,10 @@ def sweep_configurations(
         for (configuration, _), finished in dispatch(
             ordered, execution.max_parallel, start, first_finished
         ):
-            finished.wait()  # done is not yet final: wait() records the final state
-            state = finished.state
-            if state.is_completed():
+            failure = failure_of(finished)
+            if failure is None:
                 outcomes[configuration.name] = finished.result()
             else:
-                failure = _failure(state)
                 print(f"configuration {configuration.name} failed: {failure}")
                 outcomes[configuration.name] = outcome(
                     configuration.name, configuration.varied, error=failure

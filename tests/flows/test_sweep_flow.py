@@ -702,3 +702,26 @@ def test_cli_refuses_a_bad_sweep_before_any_flow_run(
     (tmp_path / "space.yaml").write_text("grid:\n  noise: [0.1]\n")
     assert main(["sweep", "--space", str(tmp_path / "space.yaml")]) == 2
     assert "'noise' is not available" in capsys.readouterr().err
+
+
+def test_a_dead_worker_process_is_a_failed_configuration_not_a_failed_sweep() -> None:
+    import concurrent.futures
+    import uuid
+    from concurrent.futures.process import BrokenProcessPool
+
+    from prefect.futures import PrefectConcurrentFuture
+    from prefect.states import Completed
+
+    from flows.sweep import failure_of
+
+    # Given a worker process killed while it trained (the pool raises instead of a state)
+    broken: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    broken.set_exception(BrokenProcessPool("A process in the process pool was terminated"))
+    completed: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    completed.set_result(Completed())
+
+    # Then its configuration is reported as failed, with why, and a completed one is not
+    assert failure_of(PrefectConcurrentFuture(task_run_id=uuid.uuid4(), wrapped_future=broken)) == (
+        "BrokenProcessPool: A process in the process pool was terminated"
+    )
+    assert failure_of(PrefectConcurrentFuture(uuid.uuid4(), completed)) is None
