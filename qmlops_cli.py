@@ -216,7 +216,8 @@ def _add_verbose(parser: argparse.ArgumentParser) -> None:
 def _add_sweep_parser(commands: Any) -> None:
     sweep = commands.add_parser(
         "sweep",
-        help="train many configurations in parallel (threads or Ray) and compare them in MLflow",
+        help="train many configurations in parallel (threads, processes or Ray) and compare them "
+        "in MLflow",
         description="Run the `sweep` flow over a search space: a YAML/JSON file (fixed settings "
         "at the top, `grid:` axes, a `random:` section) and/or the setting options below (the "
         "same names as in the file and as `qmlops train`'s options). A setting with one value "

@@ -2,10 +2,10 @@
 
 ``sweep`` expands the search space, opens the parent MLflow run and hands the configurations
 to the nested flow ``sweep-configurations``, whose task runner is the one the parameters ask
-for (threads or Ray): it prepares each dataset once (split, encoder, classical baselines) and
-fans out one ``train-configuration`` task per configuration. ``sweep`` then publishes the
-comparison (Prefect table artifact, MLflow CSV/JSON and figures) and names the best
-configuration.
+for (threads, worker processes or Ray): it prepares each dataset once (split, encoder,
+classical baselines) and fans out one ``train-configuration`` task per configuration.
+``sweep`` then publishes the comparison (Prefect table artifact, MLflow CSV/JSON and figures)
+and names the best configuration.
 """
 
 from __future__ import annotations
@@ -76,6 +76,22 @@ def _failure(state: Any) -> str:
     return str(state.message or state.type)
 
 
+def failure_of(future: PrefectFuture[Any]) -> str | None:
+    """Why a finished configuration's task did not complete; ``None`` when it did.
+
+    A worker process that dies (killed, out of memory) breaks the process runner's pool: its
+    future and every one still pending raise ``BrokenProcessPool`` instead of giving a state.
+    They are reported as failed configurations, like any other failure, and the sweep goes on
+    to its comparison.
+    """
+    try:
+        future.wait()  # done is not yet final: wait() records the final state
+        state = future.state
+    except Exception as error:  # noqa: BLE001 - the sweep reports it and goes on
+        return _error_text(error)
+    return None if state.is_completed() else _failure(state)
+
+
 @flow(name="sweep-configurations", log_prints=True)
 def sweep_configurations(
     configurations: list[SweepConfiguration],
@@ -95,7 +111,9 @@ def sweep_configurations(
         classical baselines per data set).
     """
     threads = threads_per_training(execution.max_parallel, available_cores())
-    own_process = execution.runner == "ray"
+    # Worker processes and Ray workers have their process to themselves: each sets its own BLAS
+    # limit; threads share this one (shared_interpreter).
+    own_process = execution.runner != "threads"
     outcomes: dict[str, dict[str, Any]] = {}
     baselines: dict[str, dict[str, float]] = {}
     work: list[tuple[SweepConfiguration, tuple[Any, ...]]] = []
@@ -153,12 +171,10 @@ def sweep_configurations(
         for (configuration, _), finished in dispatch(
             ordered, execution.max_parallel, start, first_finished
         ):
-            finished.wait()  # done is not yet final: wait() records the final state
-            state = finished.state
-            if state.is_completed():
+            failure = failure_of(finished)
+            if failure is None:
                 outcomes[configuration.name] = finished.result()
             else:
-                failure = _failure(state)
                 print(f"configuration {configuration.name} failed: {failure}")
                 outcomes[configuration.name] = outcome(
                     configuration.name, configuration.varied, error=failure
@@ -194,7 +210,7 @@ def sweep(
 
     Args:
         space: Fixed settings, grid axes and random axes (see :mod:`qmlops.search_space`).
-        execution: Task runner (threads or Ray), parallelism and how the best is picked.
+        execution: Task runner (threads, processes or Ray), parallelism and how the best is picked.
         tracking: MLflow experiment, tracking URI and the name the best model is registered
             under (when ``execution.register_best``).
         device: Device settings of every configuration where the space sets none (the space's

@@ -350,8 +350,10 @@ def split_seed(space: SearchSpace) -> int:
 class SweepExecution(_Strict):
     """How a sweep runs: task runner, parallelism, how the best configuration is picked."""
 
-    runner: Literal["threads", "ray"] = Field(
-        "threads", description="threads: this process; ray: prefect-ray's RayTaskRunner."
+    runner: Literal["threads", "processes", "ray"] = Field(
+        "threads",
+        description="threads: this process; processes: one worker process per parallel "
+        "training (Prefect's ProcessPoolTaskRunner); ray: prefect-ray's RayTaskRunner.",
     )
     max_parallel: int = Field(2, ge=1, le=1024, description="Configurations trained at once.")
     ray_address: str | None = Field(

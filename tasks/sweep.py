@@ -3,8 +3,9 @@
 ``train_configuration`` is what the sweep fans out. It trains and records through
 :func:`tasks.train_and_record.train_and_record`, the ``train`` flow's own path (its tasks run
 as nested task runs), so every child run is as complete as a single training run. It runs in
-a worker thread (thread runner) or in a Ray worker process (``RayTaskRunner``), so everything
-it needs comes in as arguments and all it returns is a JSON-safe outcome
+a worker thread (thread runner), in a worker process of Prefect's ``ProcessPoolTaskRunner`` or
+in a Ray worker process (``RayTaskRunner``), so everything it needs comes in as arguments
+(pickled for the processes) and all it returns is a JSON-safe outcome
 (:func:`qmlops.sweep_report.outcome`).
 """
 
@@ -78,8 +79,8 @@ def train_configuration(
         baseline_evaluations: Test evaluations of the classical baselines on the same split.
         parent: The sweep's MLflow run (the child opens in its experiment).
         threads: OpenMP/BLAS threads this training may use.
-        own_process: Whether this task has its process to itself (Ray): then the process-wide
-            BLAS limit is set here; in threads, the flow sets it once for all.
+        own_process: Whether this task has its process to itself (processes, Ray): then the
+            process-wide BLAS limit is set here; in threads, the flow sets it once for all.
         model_name: Name the model is registered under if it wins (recorded only).
 
     Returns:
@@ -150,8 +151,8 @@ def configuration_task(execution: SweepExecution) -> Any:
 
     A folder (a path or ``file://`` URL) becomes a saved ``LocalFileSystem`` block; anything else
     is a Prefect storage block slug (``s3-bucket/qmlops-results``) that every worker can read.
-    Without it, Prefect's default local storage (``$PREFECT_HOME/storage``) is used, which Ray
-    workers on this machine share.
+    Without it, Prefect's default local storage (``$PREFECT_HOME/storage``) is used, which worker
+    processes and Ray workers on this machine share.
     """
     storage = execution.result_storage
     if storage is None:

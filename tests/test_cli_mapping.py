@@ -270,6 +270,11 @@ def test_sweep_execution_and_tracking_options() -> None:
     )
 
 
+def test_sweep_runner_choices_come_from_the_execution_model() -> None:
+    params = flow_parameters(["sweep", "--dataset", "moons", "--runner", "processes"])
+    assert params["execution"].runner == "processes"
+
+
 class _FlowCalled(Exception):
     pass
 

@@ -1,8 +1,10 @@
-"""The sweep flow: thread runner in process, a real local Ray in a subprocess, a failing config.
+"""The sweep flow: thread runner in process, worker processes, a real local Ray, a failing config.
 
+The process runner's sweep runs in this process against the session's Prefect server, and
+through ``qmlops sweep`` with no server (its workers report to the flow's temporary server).
 Ray workers are separate processes, so the Ray sweep runs through ``qmlops sweep`` in a
-subprocess against the session's real Prefect server (``PREFECT_API_URL``); the Ray it starts
-(``address="local"``: never one that was already running) stops when the flow ends.
+subprocess; the Ray it starts (``address="local"``: never one that was already running) stops
+when the flow ends.
 """
 
 from __future__ import annotations
@@ -21,6 +23,7 @@ import numpy as np
 import pytest
 from mlflow import MlflowClient
 from mlflow.artifacts import download_artifacts
+from prefect.task_runners import ProcessPoolTaskRunner
 from services import RunningService, free_port, prefect_server_env, ray_head, run_qmlops
 from threadpoolctl import threadpool_info
 
@@ -268,6 +271,115 @@ def test_ray_sweep_matches_the_thread_sweep(
         )
 
 
+PROCESS_SPACE_YAML = SPACE_YAML.replace("  ansatz: [real_amplitudes, efficient_su2]\n", "").replace(
+    "seed: 5\n", "seed: 5\nansatz: efficient_su2\n"
+)
+
+
+def _by_axes(rows: list[dict[str, Any]]) -> dict[tuple[str, int], dict[str, Any]]:
+    return {(row.get("ansatz") or "efficient_su2", row["reps"]): row for row in rows}
+
+
+@pytest.mark.slow  # two spawned workers import Prefect, MLflow and the engine: about 20 s
+def test_process_sweep_matches_the_thread_sweep(
+    thread_sweep: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        TaskRunFilter,
+        TaskRunFilterName,
+    )
+
+    # Given two of the thread sweep's configurations (EfficientSU2, reps 1 and 2), each trained
+    # in one of two worker processes
+    monkeypatch.setenv("QMLOPS_CHECKPOINT_DIR", str(tmp_path / "checkpoints"))
+    space = tmp_path / "space.yaml"
+    space.write_text(PROCESS_SPACE_YAML)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    result = sweep(
+        space=load_space(space),
+        execution=SweepExecution(runner="processes", max_parallel=2),
+        tracking=TrackingConfig(experiment="sweep-test", tracking_uri=uri, register_model=False),
+    )
+
+    # Then the same seeds give the same metrics as on threads
+    process_rows = _by_axes(result["rows"])
+    thread_rows = _by_axes(thread_sweep["rows"])
+    assert set(process_rows) == {("efficient_su2", 1), ("efficient_su2", 2)}
+    for axes, row in process_rows.items():
+        assert row["status"] == "completed", row
+        for metric in COMPARED:
+            assert row[metric] == thread_rows[axes][metric], (row, thread_rows[axes])
+
+    # and each configuration is a finished child of the parent run, as on threads
+    client = MlflowClient(uri)
+    parent = client.get_run(result["run_id"])
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["sweep.runner"] == "processes"
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert {c.info.run_id for c in children} == {r["mlflow_run_id"] for r in result["rows"]}
+    assert {c.info.status for c in children} == {"FINISHED"}
+
+    # and the worker processes' task runs completed in the sweep's own Prefect flow run
+    async def training_states() -> list[str]:
+        async with get_client() as prefect:
+            return [
+                str(task_run.state_type.value)
+                for task_run in await prefect.read_task_runs(
+                    flow_run_filter=FlowRunFilter(
+                        parent_flow_run_id=FlowRunFilterParentFlowRunId(
+                            any_=[parent.data.tags["prefect.flow_run_id"]]
+                        )
+                    ),
+                    task_run_filter=TaskRunFilter(
+                        name=TaskRunFilterName(any_=["train-c000", "train-c001"])
+                    ),
+                )
+            ]
+
+    assert sorted(asyncio.run(training_states())) == ["COMPLETED", "COMPLETED"]
+
+
+@pytest.mark.slow
+@pytest.mark.integration
+def test_process_sweep_without_a_server_reports_to_the_flow_s_temporary_server(
+    tmp_path: Path,
+) -> None:
+    # Given no Prefect server (the ephemeral mode of `qmlops sweep` and `make demo`)
+    space = tmp_path / "space.yaml"
+    space.write_text(PROCESS_SPACE_YAML)
+    env = {
+        **{key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"},
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+    completed = run_qmlops(
+        ["sweep", "--space", str(space), "--runner", "processes", "--max-parallel", "2"]
+        + ["--experiment", "sweep-test"],
+        env,
+        tmp_path,
+        timeout_s=600,
+    )
+    output = completed.stdout + completed.stderr
+
+    # Then the workers reported to the flow's temporary server instead of each starting one
+    assert completed.returncode == 0, output[-6000:]
+    assert output.count("Starting temporary server") == 1, output[-6000:]
+    client = MlflowClient(env["MLFLOW_TRACKING_URI"])
+    (parent,) = client.search_runs(
+        [client.get_experiment_by_name("sweep-test").experiment_id],
+        "tags.`sweep.runner` = 'processes'",
+    )
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{parent.info.run_id}'"
+    )
+    assert sorted(c.info.status for c in children) == ["FINISHED", "FINISHED"]
+
+
 def test_a_refused_ray_token_is_a_configuration_error_and_an_outage_is_not() -> None:
     from qmlops.errors import ConfigurationError
     from tasks.ray_runner import RayUnavailableError, join_error
@@ -479,6 +591,10 @@ def test_a_ray_cluster_without_a_prefect_server_is_refused_before_anything_runs(
         make_task_runner(SweepExecution(runner="ray"), None)
     runner = make_task_runner(SweepExecution(runner="threads", max_parallel=3), None)
     assert runner._max_workers == 3
+    # The process runner needs no server outside a flow run: Prefect's default applies
+    processes = make_task_runner(SweepExecution(runner="processes", max_parallel=3), None)
+    assert isinstance(processes, ProcessPoolTaskRunner)
+    assert processes._initializer is None
 
 
 @pytest.mark.usefixtures("prefect_harness")
@@ -586,3 +702,26 @@ def test_cli_refuses_a_bad_sweep_before_any_flow_run(
     (tmp_path / "space.yaml").write_text("grid:\n  noise: [0.1]\n")
     assert main(["sweep", "--space", str(tmp_path / "space.yaml")]) == 2
     assert "'noise' is not available" in capsys.readouterr().err
+
+
+def test_a_dead_worker_process_is_a_failed_configuration_not_a_failed_sweep() -> None:
+    import concurrent.futures
+    import uuid
+    from concurrent.futures.process import BrokenProcessPool
+
+    from prefect.futures import PrefectConcurrentFuture
+    from prefect.states import Completed
+
+    from flows.sweep import failure_of
+
+    # Given a worker process killed while it trained (the pool raises instead of a state)
+    broken: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    broken.set_exception(BrokenProcessPool("A process in the process pool was terminated"))
+    completed: concurrent.futures.Future[Any] = concurrent.futures.Future()
+    completed.set_result(Completed())
+
+    # Then its configuration is reported as failed, with why, and a completed one is not
+    assert failure_of(PrefectConcurrentFuture(task_run_id=uuid.uuid4(), wrapped_future=broken)) == (
+        "BrokenProcessPool: A process in the process pool was terminated"
+    )
+    assert failure_of(PrefectConcurrentFuture(uuid.uuid4(), completed)) is None

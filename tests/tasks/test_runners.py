@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import sys
 
 import pytest
-from prefect.task_runners import ThreadPoolTaskRunner
+from prefect.task_runners import ProcessPoolTaskRunner, ThreadPoolTaskRunner
 from threadpoolctl import threadpool_info
 
 from qmlops.search_space import SweepExecution
 from tasks.runners import (
     SHARED_INTERPRETER_SWITCH_INTERVAL_S,
     make_task_runner,
+    report_to_server,
     shared_interpreter,
     switch_interval,
 )
@@ -51,9 +53,10 @@ def test_the_thread_runner_shares_one_blas_limit_and_a_short_switch_interval() -
     assert _blas_limits() == blas_before
 
 
-def test_on_ray_the_flow_process_keeps_its_settings() -> None:
+@pytest.mark.parametrize("runner", ["processes", "ray"])
+def test_on_worker_processes_the_flow_process_keeps_its_settings(runner: str) -> None:
     default, blas_before = sys.getswitchinterval(), _blas_limits()
-    with shared_interpreter(SweepExecution(runner="ray"), 1):
+    with shared_interpreter(SweepExecution.model_validate({"runner": runner}), 1):
         assert sys.getswitchinterval() == default
         assert _blas_limits() == blas_before
 
@@ -62,3 +65,19 @@ def test_the_thread_runner_has_max_parallel_workers() -> None:
     runner = make_task_runner(SweepExecution(runner="threads", max_parallel=3), None)
     assert isinstance(runner, ThreadPoolTaskRunner)
     assert runner._max_workers == 3
+
+
+def test_the_process_runner_has_max_parallel_workers_that_report_to_the_given_server(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    api = "http://127.0.0.1:4200/api"
+    runner = make_task_runner(SweepExecution(runner="processes", max_parallel=3), api)
+    assert isinstance(runner, ProcessPoolTaskRunner)
+    assert runner._max_workers == 3
+    # the flow engine runs a duplicate of the runner: it keeps the workers' initializer
+    for planned in (runner, runner.duplicate()):
+        assert (planned._initializer, planned._initargs) == (report_to_server, (api,))
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    report_to_server(api)
+    assert os.environ["PREFECT_API_URL"] == api
