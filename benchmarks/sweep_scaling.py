@@ -1,11 +1,13 @@
-"""Sweep scaling: 8 configurations one after another, on 2 threads and on a local Ray.
+"""Sweep scaling: 8 configurations one after another, on 2 threads, 2 processes and a local Ray.
 
-Runs the ``sweep`` flow three ways on the same search space against one real Prefect server
+Runs the ``sweep`` flow four ways on the same search space against one real Prefect server
 (started here on a free loopback port, stopped after) and a fresh MLflow SQLite store:
 
 * ``sequential``: thread runner with ``max_parallel=1`` (one configuration at a time, each
   free to use every core);
 * ``threads``: thread runner with ``max_parallel`` = the core count;
+* ``processes``: Prefect's process-pool runner with ``max_parallel`` = the core count (its
+  worker processes' start and imports included);
 * ``ray``: prefect-ray's ``RayTaskRunner`` on a local Ray started by the flow (start-up
   included) with ``max_parallel`` = the core count.
 
@@ -37,12 +39,19 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Literal
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT / "tests"))
 RESULTS = ROOT / "benchmarks" / "RESULTS.md"
 BEGIN, END = "<!-- sweep_scaling:begin -->", "<!-- sweep_scaling:end -->"
-MODES = ("sequential", "threads", "ray")
+MODES = ("sequential", "threads", "processes", "ray")
+RUNNERS: dict[str, Literal["threads", "processes", "ray"]] = {
+    "sequential": "threads",
+    "threads": "threads",
+    "processes": "processes",
+    "ray": "ray",
+}
 METRICS = ("test_accuracy", "test_balanced_accuracy", "test_f1_macro", "test_roc_auc")
 
 
@@ -83,7 +92,7 @@ def run_mode(
     from qmlops.search_space import SweepExecution, parse_space
 
     execution = SweepExecution(
-        runner="ray" if mode == "ray" else "threads",
+        runner=RUNNERS[mode],
         max_parallel=1 if mode == "sequential" else cores,
     )
     tracking = TrackingConfig(
@@ -258,7 +267,7 @@ def measure(
 ) -> tuple[dict[str, list[float]], dict[str, list[dict]]]:
     """Wall times per mode (modes alternate within each repeat) and the last rows per mode.
 
-    The host probe runs once after each round of the three modes.
+    The host probe runs once after each round of the modes.
     """
     times: dict[str, list[float]] = {mode: [] for mode in MODES}
     rows_by_mode: dict[str, list[dict]] = {}
@@ -308,7 +317,7 @@ def workload_section(
     lines += [
         "",
         "A sum of `fit` times above the sequential one is each training running slower while "
-        "another runs beside it. Test metrics identical across the three modes: "
+        "another runs beside it. Test metrics identical across the modes: "
         + ("yes." if not problems else "NO: " + "; ".join(problems[:5])),
         "",
     ]
@@ -372,8 +381,9 @@ def main() -> int:
         "alternating, median wall time; each run starts "
         f"{SETTLE_SECONDS:.0f} s after the previous one, after one untimed warm-up sweep. "
         "`sequential`: one configuration at a time, each free to use every core; `threads`: the "
-        f"thread runner, {cores} at once, one core each; `ray`: a local Ray started by the flow "
-        "(its start and its workers' imports included). A run of one workload "
+        f"thread runner, {cores} at once, one core each; `processes`: Prefect's process-pool "
+        f"runner, {cores} worker processes (their start and imports included); `ray`: a local Ray "
+        "started by the flow (its start and its workers' imports included). A run of one workload "
         "(`--workload NAME`) replaces that workload's table and keeps the others.",
         "",
     ]

@@ -697,7 +697,9 @@ class CircuitEvaluator:
         real = ansatz.is_real and not dense  # the dense moments are complex matrices
         dtype = np.float64 if real else np.complex128
         size = self._n_circuit_weights // self.spec.reuploads
-        chunk = max(1, _WORK_BYTES // (COMPLEX_BYTES * dim * max(dim, n_samples)))
+        # Per weight point: its unitary and states, or (dense) its moments, each D x D.
+        per_point = dim * max(dim, n_samples, ansatz.dense.rows.shape[0] * dim if dense else 0)
+        chunk = max(1, _WORK_BYTES // (COMPLEX_BYTES * per_point))
         for p0 in range(0, n_points, chunk):
             w = weights[p0 : p0 + chunk]
             amplitudes = encoded[None]
