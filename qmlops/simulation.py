@@ -598,14 +598,17 @@ class CircuitEvaluator:
             self.counters.encoded_samples += features.shape[0]
         return states
 
-    def _block_matrices(self, weights: np.ndarray) -> list[list[np.ndarray]]:
-        """Group matrices of every ansatz block at weight points ``(M, n_weights)``."""
-        assert self._programs is not None
+    def _block_weights(self, weights: np.ndarray) -> list[np.ndarray]:
+        """Each ansatz block's weights ``(M, n_circuit_weights / reuploads)`` (views)."""
         size = self._n_circuit_weights // self.spec.reuploads
         return [
-            group_matrices(self._programs.ansatz, weights[:, block * size : (block + 1) * size])
-            for block in range(self.spec.reuploads)
+            weights[:, block * size : (block + 1) * size] for block in range(self.spec.reuploads)
         ]
+
+    def _block_matrices(self, weights: np.ndarray) -> list[list[np.ndarray]]:
+        """Group matrices of every ansatz block at weight points ``(M, n_circuit_weights)``."""
+        assert self._programs is not None
+        return [group_matrices(self._programs.ansatz, w) for w in self._block_weights(weights)]
 
     def _forward(
         self,
@@ -696,19 +699,17 @@ class CircuitEvaluator:
         dense = self._use_dense()
         real = ansatz.is_real and not dense  # the dense moments are complex matrices
         dtype = np.float64 if real else np.complex128
-        size = self._n_circuit_weights // self.spec.reuploads
         # Per weight point: its unitary and states, or (dense) its moments, each D x D.
         per_point = dim * max(dim, n_samples, ansatz.dense.rows.shape[0] * dim if dense else 0)
         chunk = max(1, _WORK_BYTES // (COMPLEX_BYTES * per_point))
         for p0 in range(0, n_points, chunk):
             w = weights[p0 : p0 + chunk]
             amplitudes = encoded[None]
-            for block in range(self.spec.reuploads):
+            for block, block_weights in enumerate(self._block_weights(w)):
                 if block:
                     assert reupload is not None
                     assert phases is not None
                     amplitudes = reupload.apply(amplitudes, phases)
-                block_weights = w[:, block * size : (block + 1) * size]
                 if dense:
                     unitary = ansatz.dense.unitaries(block_weights)
                 else:
@@ -869,12 +870,11 @@ class CircuitEvaluator:
                     if by_unitary
                     else self._cotangents_by_states(sweep)
                 )
-                size = self._n_circuit_weights // self.spec.reuploads
                 circuit_gradient = [
-                    weight_gradient(
-                        ansatz, points[0, block * size : (block + 1) * size], found, matrices[block]
+                    weight_gradient(ansatz, block_weights[0], found, block_matrices)
+                    for block_weights, found, block_matrices in zip(
+                        self._block_weights(points), cotangents, matrices, strict=True
                     )
-                    for block, found in enumerate(cotangents)
                 ]
         if whole_batch:
             (probabilities, head_gradient), *_ = whole_batch
