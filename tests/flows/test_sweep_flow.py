@@ -223,6 +223,15 @@ def test_thread_sweep_publishes_a_prefect_table(thread_sweep: dict) -> None:
     assert "best:" in artifact.description
 
 
+def serverless_env(tmp_path: Path) -> dict[str, str]:
+    """The CLI's environment with no Prefect server: its own Prefect home and MLflow store."""
+    return {
+        **{key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"},
+        "PREFECT_HOME": str(tmp_path / "prefect-home"),
+        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
+    }
+
+
 @pytest.mark.slow
 @pytest.mark.integration
 def test_ray_sweep_matches_the_thread_sweep(
@@ -230,11 +239,7 @@ def test_ray_sweep_matches_the_thread_sweep(
 ) -> None:
     # Given the same space, run through the CLI on a local Ray the flow starts and stops, with
     # no Prefect server: the Ray workers report to the flow's own temporary server
-    env = {
-        **{key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"},
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-    }
+    env = serverless_env(tmp_path)
     env.pop("RAY_ADDRESS", None)
     completed = run_qmlops(
         ["sweep", "--space", str(space_file), "--runner", "ray", "--max-parallel", "2"]
@@ -352,11 +357,7 @@ def test_process_sweep_without_a_server_reports_to_the_flow_s_temporary_server(
     # Given no Prefect server (the ephemeral mode of `qmlops sweep` and `make demo`)
     space = tmp_path / "space.yaml"
     space.write_text(PROCESS_SPACE_YAML)
-    env = {
-        **{key: value for key, value in os.environ.items() if key != "PREFECT_API_URL"},
-        "PREFECT_HOME": str(tmp_path / "prefect-home"),
-        "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'mlflow.db'}",
-    }
+    env = serverless_env(tmp_path)
     completed = run_qmlops(
         ["sweep", "--space", str(space), "--runner", "processes", "--max-parallel", "2"]
         + ["--experiment", "sweep-test"],
